@@ -1,0 +1,81 @@
+"""Names, constants and zstd framing shared by the archive writer and reader.
+
+The archive is a POSIX tar compressed with zstd. Every tar header and every
+member's data is its own zstd frame, so a member's compressed bytes stand alone:
+a reader can stop after the signed header, and a writer can reserve room for a
+header, stream data behind it and fill the header in afterwards. Reserved room
+that is not used is a zstd *skippable frame*, which every zstd decoder
+(``zstd -d``, ``tar --zstd``, python-zstandard) passes over.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+import struct
+
+FORMAT = "airgap-bundle/1"
+HEADER_NAME = "bundle.json"
+SIGNATURE_NAME = "bundle.json.sig"
+IMAGES_DIR = "images"
+IMAGES_MANIFEST = f"{IMAGES_DIR}/manifest.json"
+RELEASE_DIR = "release"
+
+BLOCK = 512
+END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
+SKIPPABLE_MAGIC = 0x184D2A50
+SKIPPABLE_OVERHEAD = 8
+MEMBER_HEADER_SLOT = 2048
+CHUNK = 1 << 20
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def padding_for(size: int) -> bytes:
+    """Zero bytes that round a member's data up to a whole tar block."""
+    return b"\0" * (-size % BLOCK)
+
+
+def skippable_frame(total_size: int) -> bytes:
+    """A zstd skippable frame of exactly ``total_size`` bytes (at least 8)."""
+    if total_size < SKIPPABLE_OVERHEAD:
+        raise ValueError("a skippable frame needs at least 8 bytes")
+    return struct.pack("<II", SKIPPABLE_MAGIC, total_size - SKIPPABLE_OVERHEAD) + b"\0" * (total_size - SKIPPABLE_OVERHEAD)
+
+
+def digest_hex(digest: str) -> str:
+    """``sha256:<hex>`` or ``<hex>`` → ``<hex>``; anything else is a ValueError."""
+    value = digest.split(":", 1)[1] if digest.startswith("sha256:") else digest
+    if not _HEX64.match(value):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
+    return value
+
+
+def layer_path(diff_id: str) -> str:
+    """Archive path of the layer tar whose sha256 is ``diff_id``."""
+    return f"{IMAGES_DIR}/{digest_hex(diff_id)}/layer.tar"
+
+
+def config_path(image_id: str) -> str:
+    """Archive path of the image config whose sha256 is ``image_id``."""
+    return f"{IMAGES_DIR}/{digest_hex(image_id)}.json"
+
+
+def release_path(relative: str) -> str:
+    """Archive path of a release file (compose config, shipped files)."""
+    return f"{RELEASE_DIR}/{check_member_name(relative)}"
+
+
+def check_member_name(name: str) -> str:
+    """Return ``name`` if it is a safe relative POSIX path, else raise ValueError.
+
+    Safe: not empty, not absolute, no ``..`` or ``.`` components, no empty
+    components, no backslashes or control characters.
+    """
+    if not name or name.startswith("/") or "\\" in name or any(ord(c) < 32 for c in name):
+        raise ValueError(f"unsafe member name {name!r}")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"unsafe member name {name!r}")
+    if posixpath.normpath(name) != name:
+        raise ValueError(f"unsafe member name {name!r}")
+    return name

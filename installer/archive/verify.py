@@ -1,0 +1,157 @@
+"""Check a bundle: the header's signature first, then every member's size and sha256."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..signing import find_signer, fingerprint
+from .header import BundleHeader, HeaderError
+from .layout import IMAGES_MANIFEST, config_path, layer_path
+from .reader import ArchiveFormatError, ArchiveReader
+
+ProgressCallback = Callable[[int], None]
+
+
+class VerificationError(Exception):
+    """The bundle failed a check; ``problems`` lists each failure found."""
+
+    def __init__(self, message: str, problems: Optional[list[str]] = None):
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+@dataclass
+class VerifiedBundle:
+    """A bundle whose signature (unless waived) and digests all checked out."""
+
+    path: Path
+    header: BundleHeader
+    signer: Optional[str]
+    signature_checked: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_header(path: Path) -> tuple[BundleHeader, bytes, Optional[bytes]]:
+    """Read the header without checking it: (parsed header, raw bytes, signature)."""
+    try:
+        with ArchiveReader(path) as reader:
+            signed = reader.read_signed_header()
+    except ArchiveFormatError as exc:
+        raise VerificationError(str(exc)) from None
+    try:
+        return BundleHeader.from_bytes(signed.header), signed.header, signed.signature
+    except HeaderError as exc:
+        raise VerificationError(f"{path}: {exc}") from None
+
+
+def check_signature(
+    path: Path, keys: Sequence[Ed25519PublicKey], *, allow_untrusted: bool = False
+) -> tuple[BundleHeader, Optional[str]]:
+    """Check the header's signature against ``keys``; return (header, signer fingerprint).
+
+    With ``allow_untrusted`` an unsigned or unknown-signer bundle is accepted
+    (the caller must say so loudly); the signer is then None.
+    """
+    try:
+        with ArchiveReader(path) as reader:
+            signed = reader.read_signed_header()
+    except ArchiveFormatError as exc:
+        raise VerificationError(str(exc)) from None
+    if signed.signature is None:
+        if not allow_untrusted:
+            raise VerificationError(
+                f"{path}: the bundle is unsigned (no bundle.json.sig after bundle.json); refusing it"
+            )
+        signer = None
+    else:
+        signer = find_signer(signed.header, signed.signature, keys)
+    if signer is None and signed.signature is not None and not allow_untrusted:
+        if not keys:
+            raise VerificationError(f"{path}: no trusted public key was given; pass --pubkey FILE")
+        claimed = _claimed_signer(signed.header)
+        tried = ", ".join(fingerprint(k) for k in keys)
+        raise VerificationError(
+            f"{path}: bad signature: bundle.json is not signed by any trusted key "
+            f"(trusted: {tried}; the header names {claimed}). The bundle was altered, or signed with another key."
+        )
+    try:
+        header = BundleHeader.from_bytes(signed.header)
+    except HeaderError as exc:
+        raise VerificationError(f"{path}: {exc}") from None
+    return header, fingerprint(signer) if signer else None
+
+
+def verify_archive(
+    path: Path,
+    keys: Sequence[Ed25519PublicKey],
+    *,
+    allow_untrusted: bool = False,
+    progress: Optional[ProgressCallback] = None,
+) -> VerifiedBundle:
+    """Check the signature, then stream every member and check its size and sha256.
+
+    Raises VerificationError naming every member that failed; nothing is
+    written anywhere.
+    """
+    path = Path(path)
+    header, signer = check_signature(path, keys, allow_untrusted=allow_untrusted)
+    problems = _structure_problems(header)
+    expected = {member.path: member for member in header.members}
+    seen: set[str] = set()
+    try:
+        with ArchiveReader(path) as reader:
+            for member in reader.members():
+                record = expected.get(member.name)
+                if record is None:
+                    problems.append(f"member {member.name!r} is not listed in the signed header")
+                    member.skip()
+                    continue
+                if member.name in seen:
+                    problems.append(f"member {member.name!r} appears twice")
+                seen.add(member.name)
+                if member.size != record.size:
+                    problems.append(f"member {member.name!r}: size {member.size}, the signed header says {record.size}")
+                    member.skip()
+                    continue
+                digest = hashlib.sha256()
+                for chunk in member.chunks():
+                    digest.update(chunk)
+                    if progress:
+                        progress(len(chunk))
+                if digest.hexdigest() != record.sha256:
+                    problems.append(f"member {member.name!r}: sha256 mismatch (content altered or damaged)")
+    except ArchiveFormatError as exc:
+        problems.append(str(exc))
+    missing = [name for name in expected if name not in seen]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        problems.append(f"{len(missing)} member(s) listed in the signed header are missing: {shown}")
+    if problems:
+        raise VerificationError(f"{path}: verification failed: " + "; ".join(problems), problems)
+    warnings = [] if signer else ["signature NOT checked: the bundle was accepted without a trusted signature"]
+    return VerifiedBundle(path=path, header=header, signer=signer, signature_checked=signer is not None, warnings=warnings)
+
+
+def _structure_problems(header: BundleHeader) -> list[str]:
+    """Every image's config and layers, and the images manifest, must be members."""
+    names = {member.path for member in header.members}
+    problems = []
+    if header.images and IMAGES_MANIFEST not in names:
+        problems.append(f"the signed header lists images but no {IMAGES_MANIFEST}")
+    for image in header.images:
+        needed = [config_path(image.id)] + [layer_path(d) for d in image.diff_ids]
+        absent = [n for n in needed if n not in names]
+        if absent and header.base is None:
+            problems.append(f"image {image.id[:19]} ({', '.join(image.targets)}): members not listed: {', '.join(absent)}")
+    return problems
+
+
+def _claimed_signer(header_bytes: bytes) -> str:
+    try:
+        return repr(BundleHeader.from_bytes(header_bytes).signer)
+    except HeaderError:
+        return "no readable signer"

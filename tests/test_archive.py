@@ -1,0 +1,237 @@
+"""The archive format on its own: round trip, tar compatibility, and every way verify must fail."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from installer.archive import (
+    ArchiveReader,
+    ArchiveWriter,
+    BundleHeader,
+    ImageRecord,
+    VerificationError,
+    layer_path,
+    read_header,
+    verify_archive,
+)
+from installer.archive.layout import skippable_frame
+from installer.signing import fingerprint, generate_keypair, load_private_key, load_public_key, sign
+
+
+def _layer_bytes(seed: str, size: int = 300_000) -> bytes:
+    text = (f"{seed} " * 40 + "\n").encode()
+    return (text * (size // len(text) + 1))[:size]
+
+
+@pytest.fixture()
+def keypair(tmp_path: Path):
+    private, public, _ = generate_keypair(tmp_path / "keys" / "release.key")
+    return load_private_key(private), load_public_key(public), public
+
+
+def write_bundle(path: Path, private_key, *, signed: bool = True) -> dict[str, bytes]:
+    """A small bundle: two layers (one named only after it streamed), a config, a release file."""
+    layer_a, layer_b = _layer_bytes("alpha"), _layer_bytes("beta", 5000)
+    diff_a, diff_b = hashlib.sha256(layer_a).hexdigest(), hashlib.sha256(layer_b).hexdigest()
+    config = json.dumps({"rootfs": {"diff_ids": [f"sha256:{diff_a}", f"sha256:{diff_b}"]}}).encode()
+    image_id = hashlib.sha256(config).hexdigest()
+    contents = {
+        "images/manifest.json": b"[]",
+        f"images/{image_id}.json": config,
+        layer_path(diff_a): layer_a,
+        layer_path(diff_b): layer_b,
+        "release/compose.yml": b"services: {}\n",
+    }
+    with ArchiveWriter(path, header_reserve=64 * 1024) as writer:
+        writer.add_bytes("images/manifest.json", contents["images/manifest.json"])
+        writer.add_bytes(f"images/{image_id}.json", config)
+        writer.add_stream_named_by_digest(len(layer_a), [layer_a[:1000], layer_a[1000:]], lambda sha: layer_path(sha), "layer a")
+        writer.add_stream(layer_path(diff_b), len(layer_b), [layer_b])
+        writer.add_bytes("release/compose.yml", contents["release/compose.yml"])
+        header = BundleHeader(
+            name="demo", version="v1", tool_version="test", platform="linux/amd64", created="1970-01-01T00:00:00Z",
+            signer=fingerprint(private_key.public_key()),
+            images=[ImageRecord(id=f"sha256:{image_id}", diff_ids=[f"sha256:{diff_a}", f"sha256:{diff_b}"],
+                                targets=["example.local/demo:v1"], platform="linux/amd64")],
+            members=list(writer.members),
+        )
+        data = header.to_bytes()
+        if signed:
+            writer.finish(data, sign(private_key, data))
+        else:
+            _finish_unsigned(writer, data)
+    return contents
+
+
+def _finish_unsigned(writer: ArchiveWriter, data: bytes) -> None:
+    """Seal without a signature member, as a forger or an old tool would."""
+    from installer.archive.layout import END_OF_ARCHIVE, padding_for
+    from installer.archive.writer import tar_header
+    import os
+
+    writer._file.write(writer._small_compressor.compress(END_OF_ARCHIVE))
+    front = writer._small_compressor.compress(tar_header("bundle.json", len(data)) + data + padding_for(len(data)))
+    writer._file.seek(0)
+    writer._file.write(front + skippable_frame(writer.header_reserve - len(front)))
+    writer._file.close()
+    os.replace(writer.partial_path, writer.path)
+    writer._finished = True
+
+
+def test_round_trip_members_and_digests(tmp_path: Path, keypair) -> None:
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    contents = write_bundle(archive, private)
+    verified = verify_archive(archive, [public])
+    assert verified.signer == fingerprint(public)
+    assert {m.path for m in verified.header.members} == set(contents)
+    with ArchiveReader(archive) as reader:
+        read = {m.name: m.read_all() for m in reader.members()}
+    assert read == contents
+    assert not (tmp_path / "demo-v1.tar.zst.partial").exists()
+
+
+def test_gnu_tar_unpacks_it_and_the_header_comes_first(tmp_path: Path, keypair) -> None:
+    private, _, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    contents = write_bundle(archive, private)
+    listing = subprocess.run(["tar", "--zstd", "-tf", str(archive)], check=True, capture_output=True, text=True).stdout.split()
+    assert listing[:2] == ["bundle.json", "bundle.json.sig"]
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", str(archive), "-C", str(out)], check=True)
+    for name, data in contents.items():
+        assert (out / name).read_bytes() == data
+    # python's own tarfile agrees
+    raw = zstandard.ZstdDecompressor().stream_reader(open(archive, "rb"), read_across_frames=True).read()
+    assert tarfile.open(fileobj=io.BytesIO(raw)).getnames()[:2] == ["bundle.json", "bundle.json.sig"]
+
+
+def test_wrong_key_is_refused_naming_the_signature(tmp_path: Path, keypair) -> None:
+    private, _, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    write_bundle(archive, private)
+    _, other_pub, _ = generate_keypair(tmp_path / "other.key")
+    with pytest.raises(VerificationError, match="bad signature"):
+        verify_archive(archive, [load_public_key(other_pub)])
+
+
+def test_unsigned_is_refused_unless_waived(tmp_path: Path, keypair) -> None:
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    write_bundle(archive, private, signed=False)
+    with pytest.raises(VerificationError, match="unsigned"):
+        verify_archive(archive, [public])
+    waived = verify_archive(archive, [public], allow_untrusted=True)
+    assert waived.signer is None and waived.warnings
+
+
+def _decompressed_tar(archive: Path) -> bytes:
+    return zstandard.ZstdDecompressor().stream_reader(open(archive, "rb"), read_across_frames=True).read()
+
+
+def _recompress(tar_bytes: bytes, target: Path) -> None:
+    target.write_bytes(zstandard.ZstdCompressor(level=1).compress(tar_bytes))
+
+
+@pytest.mark.parametrize("member", ["bundle.json", "bundle.json.sig", "images/manifest.json", "layer", "release/compose.yml"])
+def test_one_flipped_byte_in_any_member_fails_naming_it(tmp_path: Path, keypair, member: str) -> None:
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    contents = write_bundle(archive, private)
+    if member == "layer":
+        member = next(name for name in contents if name.endswith("layer.tar"))
+    tar_bytes = bytearray(_decompressed_tar(archive))
+    info = next(i for i in tarfile.open(fileobj=io.BytesIO(bytes(tar_bytes))).getmembers() if i.name == member)
+    tar_bytes[info.offset_data + info.size // 2] ^= 0x01
+    tampered = tmp_path / "tampered.tar.zst"
+    _recompress(bytes(tar_bytes), tampered)
+    with pytest.raises(VerificationError) as failure:
+        verify_archive(tampered, [public])
+    expected = "bad signature" if member.startswith("bundle.json") else member
+    assert expected in str(failure.value)
+
+
+def test_flipped_byte_in_the_compressed_file_is_caught(tmp_path: Path, keypair) -> None:
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    write_bundle(archive, private)
+    data = bytearray(archive.read_bytes())
+    failures = 0
+    reserve = 64 * 1024
+    for offset in range(reserve, len(data), max(1, (len(data) - reserve) // 25)):
+        flipped = bytearray(data)
+        flipped[offset] ^= 0x40
+        target = tmp_path / "flip.tar.zst"
+        target.write_bytes(bytes(flipped))
+        try:
+            verify_archive(target, [public])
+        except VerificationError:
+            failures += 1
+            continue
+        # a flip that still verifies may only have hit padding of a skippable frame
+        _assert_only_padding_changed(bytes(flipped), public, tmp_path)
+    assert failures > 0
+
+
+def _assert_only_padding_changed(archive_bytes: bytes, public, tmp_path: Path) -> None:
+    target = tmp_path / "ok.tar.zst"
+    target.write_bytes(archive_bytes)
+    with ArchiveReader(target) as reader:
+        for member in reader.members():
+            member.skip()
+
+
+def test_truncated_archive_fails_saying_truncated(tmp_path: Path, keypair) -> None:
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    write_bundle(archive, private)
+    data = archive.read_bytes()
+    for cut in (len(data) - 5, len(data) // 2, 64 * 1024 + 100):
+        target = tmp_path / "cut.tar.zst"
+        target.write_bytes(data[:cut])
+        with pytest.raises(VerificationError, match="truncated|missing|corrupt"):
+            verify_archive(target, [public])
+
+
+def test_member_with_unsafe_name_is_refused(tmp_path: Path, keypair) -> None:
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    write_bundle(archive, private)
+    tar_bytes = _decompressed_tar(archive)
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w", format=tarfile.PAX_FORMAT) as out, tarfile.open(fileobj=io.BytesIO(tar_bytes)) as src:
+        for info in src.getmembers():
+            out.addfile(info, src.extractfile(info))
+            if info.name == "bundle.json.sig":
+                bad = tarfile.TarInfo("../../etc/evil")
+                bad.size = 3
+                out.addfile(bad, io.BytesIO(b"bad"))
+    target = tmp_path / "evil.tar.zst"
+    _recompress(evil.getvalue(), target)
+    with pytest.raises(VerificationError, match="unsafe member name"):
+        verify_archive(target, [public])
+
+
+def test_header_is_readable_without_reading_the_rest(tmp_path: Path, keypair) -> None:
+    private, _, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    write_bundle(archive, private)
+    header, raw, signature = read_header(archive)
+    assert header.name == "demo" and signature is not None and len(signature) == 64
+    with ArchiveReader(archive) as reader:
+        reader.read_signed_header()
+        assert reader.bytes_read < 10_000
+
+
+def test_private_key_is_written_0600(tmp_path: Path) -> None:
+    private, public, fp = generate_keypair(tmp_path / "k" / "site.key")
+    assert (private.stat().st_mode & 0o777) == 0o600
+    assert fp == fingerprint(load_public_key(public))
