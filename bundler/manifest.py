@@ -186,7 +186,9 @@ class _Checker:
         return value
 
     def image_ref(self, value: Any, key: str) -> ImageRef:
-        text = self.string(value, key, "an image reference like 'postgres:15-alpine'")
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected an image reference like 'postgres:15-alpine', got {_kind(value)}")
+        text = value
         try:
             return parse_ref(text)
         except ReferenceError_ as exc:

@@ -1,0 +1,200 @@
+"""The bundler's two jobs: resolve a manifest into a plan, and build the signed archive."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import docker
+
+from installer.signing import load_private_key
+
+from . import engine
+from .compose import render_compose
+from .engine import EngineError, ImageFacts
+from .export import collect_images, write_bundle
+from .lockfile import Lockfile, LockfileError, default_lock_path, lock_from_plan, manifest_digest, read_lock, write_lock
+from .manifest import ReleaseManifest, load_manifest
+from .plan import Plan, PlanEntry, make_plan
+from .progress import Reporter
+from .refs import parse_ref
+
+
+class BuildError(Exception):
+    """A build input is missing or wrong; the message says which and what to do."""
+
+
+@dataclass
+class BuildRequest:
+    """Everything ``airgap-bundle build`` was asked to do."""
+
+    manifest_path: Path
+    source_dir: Path
+    key_path: Path
+    output_dir: Path
+    registry: Optional[str] = None
+    tag: Optional[str] = None
+    platform: Optional[str] = None
+    with_build_bases: bool = False
+    lock_path: Optional[Path] = None
+    use_lock: bool = True
+    level: int = 3
+
+
+def resolve(
+    manifest_path: Path,
+    *,
+    client: Optional[docker.DockerClient],
+    registry: Optional[str],
+    tag: Optional[str],
+    platform: Optional[str],
+    with_build_bases: bool,
+) -> Plan:
+    """Make the plan and fill in what the engine and registry know (IDs, digests)."""
+    manifest = load_manifest(manifest_path)
+    if platform is None:
+        platform = engine.host_platform(client) if client else "linux/amd64"
+    plan = make_plan(manifest, registry=registry, tag=tag, platform=platform, with_build_bases=with_build_bases)
+    if client is None:
+        return plan
+    for entry in plan.of_kind("dependency", "build-base"):
+        local = engine.find_local(client, entry.upstream)
+        if local and engine.platform_matches(local.platform, platform):
+            entry.image_id = local.id
+            entry.digest = _repo_digest(local, entry.upstream)
+        if entry.digest is None:
+            entry.digest = engine.remote_digest(client, entry.upstream)
+    for entry in plan.of_kind("source"):
+        local = engine.find_local(client, entry.target)
+        entry.image_id = local.id if local else None
+    _link_reused(plan)
+    return plan
+
+
+def build(request: BuildRequest, reporter: Reporter) -> Path:
+    """Pull, build, tag, render and write ``OUTPUT/NAME-TAG.tar.zst``; return its path."""
+    manifest = load_manifest(request.manifest_path)
+    private_key = load_private_key(request.key_path)
+    client = engine.connect()
+    platform = request.platform or engine.host_platform(client)
+    plan = make_plan(manifest, registry=request.registry, tag=request.tag, platform=platform,
+                     with_build_bases=request.with_build_bases)
+    compose = render_compose(plan)
+    _check_sources(manifest, request.source_dir)
+    lock_path = request.lock_path or default_lock_path(request.manifest_path)
+    lock = _usable_lock(lock_path, request, platform, reporter) if request.use_lock else None
+    reporter.line(f"bundle {manifest.name} {plan.tag} for {platform}: {len(plan.entries)} image names")
+
+    facts: dict[str, ImageFacts] = {}
+    for entry in plan.of_kind("dependency", "build-base"):
+        facts_for = _pull(client, entry, platform, lock, reporter)
+        facts[facts_for.id] = facts_for
+    for entry in plan.of_kind("source"):
+        facts_for = _build_source(client, manifest, entry, request.source_dir, plan, platform, reporter)
+        facts[facts_for.id] = facts_for
+    _link_reused(plan)
+    for entry in plan.entries:
+        engine.tag(client, entry.image_id, entry.target)
+    reporter.line(f"tagged {len(plan.entries)} names to {plan.registry or 'local names'}")
+
+    images = collect_images(plan, facts)
+    output = Path(request.output_dir) / f"{manifest.name}-{plan.tag}.tar.zst"
+    archive = write_bundle(client=client, plan=plan, images=images, compose=compose, private_key=private_key,
+                           output=output, reporter=reporter, level=request.level)
+    write_lock(lock_from_plan(plan), lock_path)
+    reporter.line(f"wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB); lockfile {lock_path}")
+    return archive
+
+
+def _pull(client, entry: PlanEntry, platform: str, lock: Optional[Lockfile], reporter: Reporter) -> ImageFacts:
+    locked = lock.images.get(entry.upstream) if lock else None
+    reference = entry.upstream
+    if locked and locked.digest:
+        reference = parse_ref(entry.upstream).pinned(locked.digest)
+    with reporter.task(f"pull {reference}") as task:
+        layers: dict[str, int] = {}
+
+        def on_event(event: dict) -> None:
+            detail = event.get("progressDetail") or {}
+            if event.get("id") and detail.get("current"):
+                layers[event["id"]] = detail["current"]
+                task.update(sum(layers.values()))
+
+        facts = engine.pull(client, reference, platform, on_event)
+    if locked and locked.image_id and locked.image_id != facts.id:
+        raise EngineError(
+            f"{entry.upstream}: the lockfile pins image {locked.image_id[:19]} but the engine gave {facts.id[:19]}; "
+            "run 'airgap-bundle resolve' to update the lock if the change is intended"
+        )
+    if reference != entry.upstream:
+        engine.tag(client, facts.id, parse_ref(entry.upstream).with_tag())
+    entry.image_id = facts.id
+    entry.digest = (locked.digest if locked else None) or _repo_digest(facts, entry.upstream)
+    return facts
+
+
+def _build_source(client, manifest: ReleaseManifest, entry: PlanEntry, source_dir: Path, plan: Plan, platform: str,
+                  reporter: Reporter) -> ImageFacts:
+    spec = next(s for s in manifest.sources if s.service == entry.service)
+    context = (source_dir / spec.context).resolve()
+    dockerfile = (source_dir / spec.dockerfile).resolve()
+    args = {k: manifest.render_value(v, f"{spec.key}.args.{k}", tag=plan.tag, registry=plan.registry) for k, v in spec.args.items()}
+    with reporter.task(f"build {entry.service} ({spec.dockerfile}{' target ' + spec.target if spec.target else ''})"):
+        image_id = engine.build(
+            client, context=context, dockerfile=dockerfile.relative_to(context).as_posix(),
+            tag=f"{spec.image}:{plan.tag}", target=spec.target, args=args, platform=platform,
+        )
+    facts = engine.inspect(client, image_id)
+    if not engine.platform_matches(facts.platform, platform):
+        raise EngineError(f"{entry.service} was built as {facts.platform}, expected {platform}")
+    entry.image_id = facts.id
+    return facts
+
+
+def _check_sources(manifest: ReleaseManifest, source_dir: Path) -> None:
+    if not manifest.sources:
+        return
+    if not Path(source_dir).is_dir():
+        raise BuildError(f"--source {source_dir}: not a folder; point it at a checkout of the application")
+    root = Path(source_dir).resolve()
+    for spec in manifest.sources:
+        context = (root / spec.context).resolve()
+        dockerfile = (root / spec.dockerfile).resolve()
+        if not context.is_dir():
+            raise BuildError(f"{manifest.path}: {spec.key}.context: {context} is not a folder in --source {source_dir}")
+        if not dockerfile.is_file():
+            raise BuildError(f"{manifest.path}: {spec.key}.dockerfile: {dockerfile} does not exist in --source {source_dir}")
+        if context != dockerfile.parent and context not in dockerfile.parents:
+            raise BuildError(f"{manifest.path}: {spec.key}.dockerfile: {spec.dockerfile} is outside its context {spec.context}")
+
+
+def _usable_lock(path: Path, request: BuildRequest, platform: str, reporter: Reporter) -> Optional[Lockfile]:
+    if not Path(path).exists():
+        return None
+    try:
+        lock = read_lock(path)
+    except LockfileError as exc:
+        raise BuildError(str(exc)) from None
+    if lock.platform != platform:
+        reporter.line(f"lockfile {path} is for {lock.platform}, not {platform}: ignoring its pins")
+        return None
+    if lock.manifest_sha256 != manifest_digest(request.manifest_path):
+        reporter.line(f"lockfile {path} was made from another version of the manifest: pins kept for unchanged images")
+    return lock
+
+
+def _link_reused(plan: Plan) -> None:
+    for entry in plan.of_kind("alias", "runtime"):
+        base = plan.entry_for(entry.of)
+        entry.image_id = base.image_id
+        entry.digest = base.digest
+
+
+def _repo_digest(facts: ImageFacts, upstream: str) -> Optional[str]:
+    repository = parse_ref(upstream).repository
+    candidates = {repository, f"docker.io/{repository}", f"docker.io/library/{repository}", f"library/{repository}"}
+    for item in facts.repo_digests:
+        name, _, digest = item.partition("@")
+        if name in candidates:
+            return digest
+    return None

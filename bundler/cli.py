@@ -1,0 +1,214 @@
+"""``airgap-bundle``: turn a release manifest into one signed archive for air-gapped sites."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import click
+
+from installer.archive import ArchiveWriteError, VerificationError, read_header, verify_archive
+from installer.archive.reader import ArchiveFormatError
+from installer.signing import KeyFileError, generate_keypair, load_public_keys
+
+from .build import BuildError, BuildRequest, build, resolve
+from .compose import ComposeError
+from .engine import EngineError, connect
+from .lockfile import LockfileError, default_lock_path, lock_from_plan, write_lock
+from .manifest import ManifestError
+from .plan import NamingCollision
+from .progress import Reporter
+from .refs import ReferenceError_
+
+EXPECTED_ERRORS = (
+    ManifestError, NamingCollision, ComposeError, EngineError, BuildError, KeyFileError, LockfileError,
+    VerificationError, ArchiveWriteError, ArchiveFormatError, ReferenceError_,
+)
+
+
+def friendly_errors(command: Callable) -> Callable:
+    """Turn the tool's own errors into one clear line and exit 1; never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EXPECTED_ERRORS as exc:
+            click.echo(f"airgap-bundle: error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("airgap-bundle: interrupted; no partial archive was left behind", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="airgap-compose", prog_name="airgap-bundle")
+def main() -> None:
+    """Bundle a docker-compose release for air-gapped sites.
+
+    \b
+    Typical use, on a connected machine with Docker:
+      airgap-bundle keygen -o keys/release.key
+      airgap-bundle resolve manifests/aimatrix.yaml --registry aiharbor.msxf.local/aihpc --tag v0.3.5
+      airgap-bundle build   manifests/aimatrix.yaml --registry aiharbor.msxf.local/aihpc --tag v0.3.5 \\
+                            --source ~/src/ai-infra-matrix --key keys/release.key -o dist
+      airgap-bundle verify  dist/aimatrix-v0.3.5.tar.zst --pubkey keys/release.pub
+
+    The engine is the one DOCKER_HOST names (default: the local socket).
+    """
+
+
+def _plan_options(command: Callable) -> Callable:
+    for decorator in reversed([
+        click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--registry", "-r", help="Site registry prefix (default: the manifest's naming.registry), e.g. aiharbor.msxf.local/aihpc."),
+        click.option("--tag", "-t", help="Release tag given to every site image (default: the manifest's bundle.version)."),
+        click.option("--platform", help="Target platform os/arch (default: the engine's own), e.g. linux/amd64."),
+        click.option("--with-build-bases", is_flag=True, help="Also ship the images source builds start FROM (for sites that rebuild)."),
+        click.option("--lock", "lock_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Lockfile path (default: MANIFEST with .lock.json)."),
+    ]):
+        command = decorator(command)
+    return command
+
+
+@main.command("resolve")
+@_plan_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--offline", is_flag=True, help="Do not ask the engine or registry; print names only, write no lockfile.")
+@friendly_errors
+def resolve_command(manifest: Path, registry, tag, platform, with_build_bases, lock_path, as_json, offline) -> None:
+    """Print the plan: one row per image (kind, upstream, site name, digest/ID); write the lockfile.
+
+    Digests come from the registry (through the engine) and image IDs from the
+    engine when it already holds an image. The lockfile pins dependency images
+    by digest so that a later build pulls exactly the same bytes.
+    """
+    client = None if offline else connect()
+    plan = resolve(manifest, client=client, registry=registry, tag=tag, platform=platform, with_build_bases=with_build_bases)
+    rows = [
+        {"kind": e.kind, "upstream": e.upstream, "target": e.target, "digest": e.digest, "image_id": e.image_id}
+        for e in plan.entries
+    ]
+    if as_json:
+        click.echo(json.dumps({"bundle": plan.manifest.name, "tag": plan.tag, "platform": plan.platform, "images": rows}, indent=2))
+    else:
+        widths = [max(len(r[k] or "-") for r in rows + [{"kind": "KIND", "upstream": "UPSTREAM", "target": "TARGET"}]) for k in ("kind", "upstream", "target")]
+        click.echo(f"{'KIND':<{widths[0]}}  {'UPSTREAM':<{widths[1]}}  {'TARGET':<{widths[2]}}  DIGEST / IMAGE ID")
+        for r in rows:
+            known = r["digest"] or (r["image_id"] and f"id {r['image_id']}") or "(not yet known)"
+            click.echo(f"{r['kind']:<{widths[0]}}  {r['upstream']:<{widths[1]}}  {r['target']:<{widths[2]}}  {known}")
+    if not offline:
+        path = lock_path or default_lock_path(manifest)
+        write_lock(lock_from_plan(plan), path)
+        click.echo(f"lockfile written: {path}", err=True)
+
+
+@main.command("build")
+@_plan_options
+@click.option("--source", "-s", "source_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Checkout of the application's source (holds src/<service>/Dockerfile).")
+@click.option("--key", "-k", "key_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Ed25519 private key (PEM) that signs the archive; see 'airgap-bundle keygen'.")
+@click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"), show_default=True,
+              help="Folder for NAME-TAG.tar.zst.")
+@click.option("--no-lock", is_flag=True, help="Ignore the lockfile's pins and pull the newest upstream images.")
+@click.option("--level", type=click.IntRange(1, 19), default=3, show_default=True, help="zstd compression level.")
+@click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
+@friendly_errors
+def build_command(manifest: Path, registry, tag, platform, with_build_bases, lock_path, source_dir, key_path, output_dir,
+                  no_lock, level, plain) -> None:
+    """Pull, build, retag, render the compose config and write one signed archive.
+
+    Dependency images are pulled (by digest when the lockfile pins them) for
+    --platform; a pulled image of another platform is refused. Source images
+    are built from --source with the manifest's context, dockerfile, target
+    and args. Every image is tagged with its site name, the production compose
+    config is rendered from the template, and the images are streamed from the
+    engine straight into OUTPUT/NAME-TAG.tar.zst, signed with --key.
+    """
+    request = BuildRequest(
+        manifest_path=manifest, source_dir=source_dir, key_path=key_path, output_dir=output_dir, registry=registry,
+        tag=tag, platform=platform, with_build_bases=with_build_bases, lock_path=lock_path, use_lock=not no_lock, level=level,
+    )
+    archive = build(request, Reporter(force_plain=plain))
+    click.echo(str(archive))
+
+
+@main.command("keygen")
+@click.option("--output", "-o", "private_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("keys/release.key"),
+              show_default=True, help="Private key file (mode 0600); the public key goes beside it as .pub.")
+@click.option("--force", is_flag=True, help="Replace existing key files.")
+@friendly_errors
+def keygen_command(private_path: Path, force: bool) -> None:
+    """Create an Ed25519 signing key pair (PEM).
+
+    Keep the private key on the build machine; copy the .pub file to each
+    site (airgap-install --pubkey, or its trusted-keys folder).
+    """
+    private, public, fp = generate_keypair(private_path, overwrite=force)
+    click.echo(f"private key: {private} (mode 0600, keep it secret)")
+    click.echo(f"public key:  {public} (give this to sites)")
+    click.echo(f"fingerprint: {fp}")
+
+
+@main.command("inspect")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole signed header as JSON.")
+@friendly_errors
+def inspect_command(archive: Path, as_json: bool) -> None:
+    """Show what an archive holds: images, sizes, services, signer. Reads only its header.
+
+    Nothing is verified here (see 'verify'): the signer shown is the one the
+    header claims.
+    """
+    header, raw, signature = read_header(archive)
+    if as_json:
+        data = json.loads(raw)
+        data["signed"] = signature is not None
+        data["archive_size"] = archive.stat().st_size
+        click.echo(json.dumps(data, indent=2))
+        return
+    release = header.release
+    click.echo(f"bundle:    {header.name} {header.version} ({header.platform})")
+    click.echo(f"created:   {header.created} by airgap-bundle {header.tool_version}")
+    click.echo(f"signer:    {header.signer if signature else 'UNSIGNED'} (claimed; run 'verify' to check)")
+    click.echo(f"size:      {archive.stat().st_size / 1e6:.1f} MB compressed, {header.total_size() / 1e6:.1f} MB unpacked, "
+               f"{len(header.members)} members")
+    click.echo(f"images:    {len(header.images)} distinct, {sum(len(i.targets) for i in header.images)} names, "
+               f"{len({d for i in header.images for d in i.diff_ids})} layers")
+    for image in header.images:
+        click.echo(f"  {image.id[7:19]}  {image.size / 1e6:8.1f} MB  {', '.join(image.targets)}")
+    if release:
+        click.echo(f"services:  {', '.join(release.get('services', []))}")
+        ports = ", ".join(f"{p['spec']} ({p['service']})" for p in release.get("ports", []))
+        click.echo(f"ports:     {ports or 'none'}")
+        click.echo(f"secrets:   {len(release.get('secrets', {}))} generated on the site: {', '.join(release.get('secrets', {}))}")
+
+
+@main.command("verify")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--pubkey", "-p", "pubkeys", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+              help="Trusted public key (PEM), or a folder of them; repeatable.")
+@friendly_errors
+def verify_command(archive: Path, pubkeys: tuple[Path, ...]) -> None:
+    """Check the signature, then every member's size and sha256. Exit 1 naming what failed."""
+    keys = load_public_keys(pubkeys)
+    try:
+        verified = verify_archive(archive, keys)
+    except VerificationError as exc:
+        click.echo(f"airgap-bundle: verify FAILED: {archive}", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(1)
+    header = verified.header
+    click.echo(f"OK: {archive}: signed by {verified.signer}; {len(header.members)} members, "
+               f"{header.total_size() / 1e6:.1f} MB checked")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,212 @@
+"""The connected machine's Docker engine: pull, build, tag, inspect and save images.
+
+Everything goes through the docker SDK, honouring DOCKER_HOST. Errors come
+back as EngineError with a message that says what to do.
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional
+
+import docker
+from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
+
+from .refs import parse_ref
+
+ProgressEvent = Callable[[dict], None]
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
+
+
+class EngineError(Exception):
+    """The engine could not do what was asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the engine knows about one image."""
+
+    id: str
+    diff_ids: list[str]
+    size: int
+    platform: str
+    repo_digests: list[str]
+    tags: list[str]
+
+
+def connect(timeout: int = 600) -> docker.DockerClient:
+    """A client for the engine at DOCKER_HOST (or the default socket), checked to answer."""
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except DockerException as exc:
+        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise EngineError(
+            f"cannot reach the Docker engine at {where} ({exc}). Start dockerd, or set DOCKER_HOST to its socket."
+        ) from None
+    return client
+
+
+def host_platform(client: docker.DockerClient) -> str:
+    """The engine's own platform as ``os/arch`` (``linux/amd64``)."""
+    info = client.info()
+    arch = _ARCH.get(info.get("Architecture", ""), info.get("Architecture", "unknown"))
+    return f"{info.get('OSType', 'linux')}/{arch}"
+
+
+def image_platform(attrs: dict) -> str:
+    """``os/arch[/variant]`` of an image from its inspect data."""
+    platform = f"{attrs.get('Os', 'linux')}/{attrs.get('Architecture', 'unknown')}"
+    if attrs.get("Variant"):
+        platform += f"/{attrs['Variant']}"
+    return platform
+
+
+def platform_matches(actual: str, wanted: str) -> bool:
+    """True when an image of ``actual`` runs as ``wanted`` (variant ignored if not asked)."""
+    actual_parts, wanted_parts = actual.split("/"), wanted.split("/")
+    return actual_parts[: len(wanted_parts)] == wanted_parts[: len(actual_parts)] and actual_parts[:2] == wanted_parts[:2]
+
+
+def inspect(client: docker.DockerClient, reference: str) -> ImageFacts:
+    """Inspect an image by reference or ID; EngineError if the engine lacks it."""
+    try:
+        attrs = client.api.inspect_image(reference)
+    except (ImageNotFound, NotFound):
+        raise EngineError(f"the engine has no image {reference}") from None
+    except APIError as exc:
+        raise EngineError(f"cannot inspect {reference}: {exc.explanation or exc}") from None
+    return ImageFacts(
+        id=attrs["Id"],
+        diff_ids=list(attrs.get("RootFS", {}).get("Layers") or []),
+        size=int(attrs.get("Size") or 0),
+        platform=image_platform(attrs),
+        repo_digests=list(attrs.get("RepoDigests") or []),
+        tags=list(attrs.get("RepoTags") or []),
+    )
+
+
+def find_local(client: docker.DockerClient, reference: str) -> Optional[ImageFacts]:
+    """Inspect ``reference`` if the engine has it, else None."""
+    try:
+        return inspect(client, reference)
+    except EngineError:
+        return None
+
+
+def remote_digest(client: docker.DockerClient, reference: str) -> Optional[str]:
+    """The registry's manifest digest for ``reference``, or None if the registry cannot be asked."""
+    try:
+        return client.api.inspect_distribution(reference)["Descriptor"]["digest"]
+    except (APIError, DockerException, KeyError):
+        return None
+
+
+def pull(client: docker.DockerClient, reference: str, platform: str, on_event: Optional[ProgressEvent] = None) -> ImageFacts:
+    """Pull ``reference`` for ``platform``; refuse an image of another platform."""
+    ref = parse_ref(reference)
+    repository = ref.repository
+    tag = ref.digest or ref.tag or "latest"
+    try:
+        for event in client.api.pull(repository, tag=tag, platform=platform, stream=True, decode=True):
+            if "error" in event:
+                raise EngineError(f"pulling {reference} failed: {event['error']}")
+            if on_event:
+                on_event(event)
+    except APIError as exc:
+        raise EngineError(
+            f"pulling {reference} failed: {exc.explanation or exc}. Check the name, the network or registry mirror, "
+            f"and that the image exists for {platform}."
+        ) from None
+    facts = inspect(client, reference)
+    if not platform_matches(facts.platform, platform):
+        raise EngineError(
+            f"{reference} was pulled as {facts.platform}, but the bundle is for {platform}: the upstream image does not "
+            f"exist for {platform}. Pick another tag or build with --platform {facts.platform}."
+        )
+    return facts
+
+
+def build(
+    client: docker.DockerClient,
+    *,
+    context: Path,
+    dockerfile: str,
+    tag: str,
+    target: Optional[str],
+    args: dict[str, str],
+    platform: Optional[str],
+    on_event: Optional[ProgressEvent] = None,
+) -> str:
+    """Build an image with the legacy builder; return its image ID."""
+    image_id: Optional[str] = None
+    log: list[str] = []
+    if platform and platform == host_platform(client):
+        platform = None  # the legacy builder may try to pull bases when a platform is named
+    try:
+        stream = client.api.build(
+            path=str(context), dockerfile=dockerfile, tag=tag, target=target, buildargs=args,
+            platform=platform, rm=True, forcerm=True, pull=False, decode=True,
+        )
+        for event in stream:
+            if "stream" in event:
+                log.append(event["stream"])
+            if "aux" in event and "ID" in event.get("aux", {}):
+                image_id = event["aux"]["ID"]
+            if "error" in event:
+                tail = "".join(log[-15:]).rstrip()
+                raise EngineError(f"building {tag} failed: {event['error'].strip()}\n{tail}")
+            if on_event:
+                on_event(event)
+    except (APIError, BuildError, TypeError) as exc:
+        raise EngineError(f"building {tag} failed: {getattr(exc, 'explanation', None) or exc}") from None
+    if image_id is None:
+        image_id = inspect(client, tag).id
+    return image_id
+
+
+def tag(client: docker.DockerClient, image_id: str, target: str) -> None:
+    """Tag ``image_id`` as ``target`` (``repository:tag``)."""
+    ref = parse_ref(target)
+    try:
+        client.api.tag(image_id, ref.repository, ref.tag or "latest", force=True)
+    except APIError as exc:
+        raise EngineError(f"cannot tag {image_id[:19]} as {target}: {exc.explanation or exc}") from None
+
+
+@dataclass
+class SavedFile:
+    """One regular file of the engine's save stream."""
+
+    name: str
+    size: int
+    chunks: Iterator[bytes]
+
+
+def save_stream(client: docker.DockerClient, image_ids: Iterable[str], chunk_size: int = 1 << 20) -> Iterator[SavedFile]:
+    """Stream the engine's ``docker save`` of several images, file by file.
+
+    The engine writes each shared layer once (later copies are symlinks,
+    which are skipped here). Nothing touches the local disk.
+    """
+    ids = list(dict.fromkeys(image_ids))
+    try:
+        response = client.api._get(client.api._url("/images/get"), params={"names": ids}, stream=True)
+        client.api._raise_for_status(response)
+    except APIError as exc:
+        raise EngineError(f"the engine refused to export the images: {exc.explanation or exc}") from None
+    response.raw.decode_content = True
+    try:
+        with tarfile.open(fileobj=response.raw, mode="r|") as stream:
+            for member in stream:
+                if not member.isfile():
+                    continue
+                handle = stream.extractfile(member)
+                assert handle is not None
+                yield SavedFile(member.name, member.size, iter(lambda h=handle: h.read(chunk_size), b""))
+    except tarfile.TarError as exc:
+        raise EngineError(f"the engine's export stream broke off: {exc}") from None
+    finally:
+        response.close()

@@ -1,0 +1,196 @@
+"""Write the release into one signed archive, streaming images from the engine.
+
+The engine's save stream goes straight into the compressed archive: each
+layer is hashed as it passes and stored under its diffID, each config under
+its image ID, and a layer already stored is dropped, so the archive holds
+every shared layer once and nothing of the images is copied to disk first.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import docker
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from installer import __version__ as tool_version
+from installer.archive import (
+    IMAGES_MANIFEST,
+    ArchiveWriter,
+    BundleHeader,
+    ImageRecord,
+    config_path,
+    digest_hex,
+    layer_path,
+    release_path,
+)
+from installer.signing import fingerprint, sign
+
+from .compose import RenderedCompose
+from .engine import EngineError, ImageFacts, save_stream
+from .plan import Plan
+from .progress import Reporter
+
+COMPOSE_FILE = "docker-compose.yml"
+_CONFIG_NAME = re.compile(r"^(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?$")
+
+
+@dataclass
+class BundleImages:
+    """The distinct images of a release: facts per image ID and the plan entries naming it."""
+
+    facts: dict[str, ImageFacts]
+    records: list[ImageRecord]
+
+
+def collect_images(plan: Plan, facts_by_id: dict[str, ImageFacts]) -> BundleImages:
+    """Group the plan's entries by image ID into one record per image with all its names."""
+    records: dict[str, ImageRecord] = {}
+    for entry in plan.entries:
+        if entry.image_id is None:
+            raise EngineError(f"internal: {entry.target} has no image ID yet")
+        facts = facts_by_id[entry.image_id]
+        record = records.setdefault(
+            entry.image_id,
+            ImageRecord(id=entry.image_id, diff_ids=list(facts.diff_ids), targets=[], platform=facts.platform, size=facts.size),
+        )
+        if entry.target not in record.targets:
+            record.targets.append(entry.target)
+        record.sources.append({"kind": entry.kind, "upstream": entry.upstream, "target": entry.target, "key": entry.key})
+    return BundleImages(facts=facts_by_id, records=list(records.values()))
+
+
+def docker_load_manifest(records: list[ImageRecord]) -> bytes:
+    """``images/manifest.json``: what ``docker load`` reads, paths relative to ``images/``."""
+    entries = [
+        {
+            "Config": config_path(r.id).split("/", 1)[1],
+            "RepoTags": r.targets,
+            "Layers": [layer_path(d).split("/", 1)[1] for d in r.diff_ids],
+        }
+        for r in records
+    ]
+    return json.dumps(entries, indent=1).encode() + b"\n"
+
+
+def write_bundle(
+    *,
+    client: docker.DockerClient,
+    plan: Plan,
+    images: BundleImages,
+    compose: RenderedCompose,
+    private_key: Ed25519PrivateKey,
+    output: Path,
+    reporter: Reporter,
+    level: int = 3,
+) -> Path:
+    """Stream everything into ``output`` and sign it; return the archive path."""
+    manifest = plan.manifest
+    unique_layers = {d for r in images.records for d in r.diff_ids}
+    members_expected = 1 + len(images.records) + len(unique_layers) + 1 + len(compose.files)
+    reserve = 64 * 1024 + 1024 * members_expected + 512 * sum(len(r.targets) + len(r.sources) for r in images.records)
+    with ArchiveWriter(output, header_reserve=reserve, level=level) as writer:
+        writer.add_bytes(IMAGES_MANIFEST, docker_load_manifest(images.records))
+        _stream_images(client, writer, images, unique_layers, reporter)
+        writer.add_bytes(release_path(COMPOSE_FILE), compose.text.encode())
+        files_dir = manifest.compose_files
+        for relative in compose.files:
+            assert files_dir is not None
+            writer.add_file(release_path(relative), files_dir / relative.split("/", 1)[1])
+        header = BundleHeader(
+            name=manifest.name,
+            version=plan.tag,
+            tool_version=tool_version,
+            platform=plan.platform,
+            created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            signer=fingerprint(private_key.public_key()),
+            images=images.records,
+            members=list(writer.members),
+            release=release_info(plan, compose),
+        )
+        data = header.to_bytes()
+        return writer.finish(data, sign(private_key, data))
+
+
+def release_info(plan: Plan, compose: RenderedCompose) -> dict:
+    """What the installer needs besides images: compose facts, site variables, secrets, the plan."""
+    manifest = plan.manifest
+    return {
+        "project": manifest.project,
+        "registry": plan.registry,
+        "tag": plan.tag,
+        "compose_file": release_path(COMPOSE_FILE),
+        "services": compose.services,
+        "oneshot": compose.oneshot,
+        "healthchecked": compose.healthchecked,
+        "ports": compose.ports,
+        "files": [release_path(f) for f in compose.files],
+        "host_mounts": compose.host_mounts,
+        "variables": {
+            n: {"default": v.default, "pattern": v.pattern, "description": v.description} for n, v in manifest.variables.items()
+        },
+        "secrets": {n: {"length": s.length, "alphabet": s.alphabet} for n, s in manifest.secrets.items()},
+        "plan": [
+            {"kind": e.kind, "upstream": e.upstream, "target": e.target, "image_id": e.image_id, "digest": e.digest}
+            for e in plan.entries
+        ],
+    }
+
+
+def _stream_images(
+    client: docker.DockerClient, writer: ArchiveWriter, images: BundleImages, unique_layers: set[str], reporter: Reporter
+) -> None:
+    config_ids = {digest_hex(r.id) for r in images.records}
+    layer_hexes = {digest_hex(d) for d in unique_layers}
+    written_layers: set[str] = set()
+    written_configs: set[str] = set()
+    total = sum(images.facts[r.id].size for r in images.records)
+
+    def layer_name(sha: str) -> Optional[str]:
+        if sha not in layer_hexes:
+            raise EngineError(f"the engine exported a layer (sha256:{sha[:12]}) that none of the images lists")
+        if sha in written_layers:
+            return None
+        written_layers.add(sha)
+        return layer_path(sha)
+
+    with reporter.task("save + compress images", total=total) as task:
+        for saved in save_stream(client, [r.id for r in images.records]):
+            counted = _counting(saved.chunks, task.advance)
+            match = _CONFIG_NAME.match(saved.name)
+            known = match.group(1) if match else None
+            if known and known in config_ids and known not in written_configs:
+                record = writer.add_stream(config_path(known), saved.size, counted)
+                _expect(record.sha256, known, saved.name)
+                written_configs.add(known)
+            elif known and known in layer_hexes and known not in written_layers:
+                record = writer.add_stream(layer_path(known), saved.size, counted)
+                _expect(record.sha256, known, saved.name)
+                written_layers.add(known)
+            elif saved.name.endswith("/layer.tar"):
+                writer.add_stream_named_by_digest(saved.size, counted, layer_name, saved.name)
+            else:
+                for _ in counted:
+                    pass
+    missing_layers = layer_hexes - written_layers
+    missing_configs = config_ids - written_configs
+    if missing_layers or missing_configs:
+        raise EngineError(
+            f"the engine's export lacked {len(missing_layers)} layer(s) and {len(missing_configs)} config(s); "
+            "the images may have changed during the build: run the build again"
+        )
+
+
+def _counting(chunks, advance):
+    for chunk in chunks:
+        advance(len(chunk))
+        yield chunk
+
+
+def _expect(actual: str, expected: str, name: str) -> None:
+    if actual != expected:
+        raise EngineError(f"the engine exported {name} with sha256 {actual[:12]}, expected {expected[:12]}: export corrupted")
