@@ -1,0 +1,49 @@
+"""Shared fixtures: the real-engine harness (registry mirror, build engine, air-gapped target)."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import docker
+import pytest
+
+from tests.harness import Harness
+
+
+def _harness_unavailable(reason: str) -> None:
+    """Fail under CI (the engines must work there), skip elsewhere."""
+    message = f"test harness unavailable: {reason}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def harness() -> Iterator[Harness]:
+    """The harness, started (or reused) once per session. Stays up afterwards."""
+    if os.geteuid() != 0:
+        _harness_unavailable("needs root (dockerd, network namespaces)")
+    try:
+        started = Harness().up()
+    except Exception as exc:  # any failure to bring engines up is reported the same way
+        _harness_unavailable(f"{type(exc).__name__}: {exc}")
+    yield started
+
+
+def _client(docker_host: str) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=docker_host, timeout=120)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def build_engine(harness: Harness) -> Iterator[docker.DockerClient]:
+    """Docker SDK client of the BUILD engine (connected machine; docker.io via the mirror)."""
+    yield from _client(harness.build_docker_host)
+
+
+@pytest.fixture(scope="session")
+def target_engine(harness: Harness) -> Iterator[docker.DockerClient]:
+    """Docker SDK client of the TARGET engine (air-gapped host, no network)."""
+    yield from _client(harness.target_docker_host)
