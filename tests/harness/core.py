@@ -187,40 +187,29 @@ class Harness:
         Afterwards ``docker pull REF`` on the build engine goes through the
         mirror. Returns the mirror reference (registry/name:tag).
         """
-        with self._locked(), self._state() as state:
-            client = self.build_client()
-            try:
-                publisher = Publisher(client, self.registry_server, state.setdefault("images", {}))
-                self._publish_foreign(publisher, ref, architecture)
-            finally:
-                client.close()
+        with self._locked(), self._publisher() as (publisher, _):
+            self._publish_foreign(publisher, ref, architecture)
         return self.registry_server.mirror_ref(ref)
 
     def _publish_foreign(self, publisher: Publisher, ref: str, architecture: str) -> bool:
-        def make(tag: str) -> str:
-            return publisher.client.images.load(foreign_archive(tag, architecture))[0].id
-
-        inputs = hashlib.sha256(foreign_archive(ref, architecture)).hexdigest()
-        return publisher.publish(ref, inputs, make)[1]
+        """Publish a foreign-platform image under ``ref``; True when pushed now."""
+        archive = foreign_archive(self.registry_server.mirror_ref(ref), architecture)
+        inputs = hashlib.sha256(archive).hexdigest()
+        return publisher.publish(ref, inputs, lambda tag: publisher.client.images.load(archive)[0].id)[1]
 
     def _publish_images(self) -> None:
-        client = self.build_client()
-        try:
-            with self._state() as state:
-                publisher = Publisher(client, self.registry_server, state.setdefault("images", {}))
-                base_id = publisher.ensure_base()
-                built = [s.ref for s in self.standins()
-                         if publisher.ensure_standin(s, base_id)[1]]
-                if self._publish_foreign(publisher, FOREIGN_REF, "arm64"):
-                    built.append(FOREIGN_REF)
-                self._log(f"stand-ins: {len(built)} built and pushed"
-                          + (f" ({', '.join(built)})" if built else ", all already in the registry"))
-                if built or not state.get("mirror_verified"):
-                    publisher.verify_mirror_pull(MIRROR_CHECK_REF)
-                    state["mirror_verified"] = True
-                    self._log(f"mirror: pull of {MIRROR_CHECK_REF} through {self.registry} works")
-        finally:
-            client.close()
+        """Publish the base, every stand-in and the foreign image; verify the mirror once."""
+        with self._publisher() as (publisher, state):
+            base_id = publisher.ensure_base()
+            built = [s.ref for s in self.standins() if publisher.ensure_standin(s, base_id)[1]]
+            if self._publish_foreign(publisher, FOREIGN_REF, "arm64"):
+                built.append(FOREIGN_REF)
+            self._log(f"stand-ins: {len(built)} built and pushed"
+                      + (f" ({', '.join(built)})" if built else ", all already in the registry"))
+            if built or not state.get("mirror_verified"):
+                publisher.verify_mirror_pull(MIRROR_CHECK_REF)
+                state["mirror_verified"] = True
+                self._log(f"mirror: pull of {MIRROR_CHECK_REF} through {self.registry} works")
 
     # -- helpers -----------------------------------------------------------
 
@@ -237,6 +226,16 @@ class Harness:
         with open(lock, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             yield
+
+    @contextlib.contextmanager
+    def _publisher(self) -> Iterator[tuple[Publisher, dict]]:
+        """A Publisher on the build engine over the saved state, and that state."""
+        client = self.build_client()
+        try:
+            with self._state() as state:
+                yield Publisher(client, self.registry_server, state.setdefault("images", {})), state
+        finally:
+            client.close()
 
     @contextlib.contextmanager
     def _state(self) -> Iterator[dict]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import posixpath
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ BASE_REF = "harness/busybox-base:1"
 _MTIME = 1_700_000_000
 
 # name in a build context -> (content, file mode)
-Files = Mapping[str, "tuple[bytes, int]"]
+Files = Mapping[str, tuple[bytes, int]]
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,8 @@ def load_standins() -> list[Standin]:
 
 def render_dockerfile(standin: Standin, base: str) -> str:
     """Dockerfile.template filled in for ``standin`` built FROM ``base``."""
-    extra = "".join(
-        f" \\\n && mkdir -p /www/{path.rsplit('/', 1)[0]} && echo ok > /www/{path}"
-        if "/" in path else f" \\\n && echo ok > /www/{path}"
-        for path in standin.paths
-    )
+    extra = "".join(f" \\\n && mkdir -p /www/{posixpath.dirname(path)} && echo ok > /www/{path}"
+                    for path in standin.paths)
     ports = " ".join(str(p) for p in standin.ports)
     if standin.server:
         tail = (f"EXPOSE {ports}\n"
