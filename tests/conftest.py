@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 import docker
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from tests.harness import Harness
 
 
-def _harness_unavailable(reason: str) -> None:
+def _harness_unavailable(reason: str) -> NoReturn:
     """Fail under CI (the engines must work there), skip elsewhere."""
     message = f"test harness unavailable: {reason}"
     if os.environ.get("CI", "").lower() == "true":
@@ -25,9 +25,11 @@ def harness() -> Iterator[Harness]:
     if os.geteuid() != 0:
         _harness_unavailable("needs root (dockerd, network namespaces)")
     try:
-        started = Harness().up()
+        started: Harness | None = Harness().up()
     except Exception as exc:  # any failure to bring engines up is reported the same way
-        _harness_unavailable(f"{type(exc).__name__}: {exc}")
+        started, error = None, f"{type(exc).__name__}: {exc}"
+    if started is None:
+        _harness_unavailable(error)
     yield started
 
 
