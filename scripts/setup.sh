@@ -48,4 +48,5 @@ if ! "${pip_install[@]}" 2>"$pip_err"; then
   fi
 fi
 
+command -v pyenv >/dev/null 2>&1 && pyenv rehash || true   # console scripts on PATH under pyenv
 say "done ($(dockerd --version 2>/dev/null | cut -d, -f1), $(python3 --version))"

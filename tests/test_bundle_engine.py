@@ -224,11 +224,12 @@ def test_image_of_another_platform_is_refused(keys, harness, tmp_path) -> None:
 
 
 def test_naming_collision_stops_the_build_naming_both(keys, harness, tmp_path) -> None:
-    path = _manifest_copy(tmp_path, lambda raw: raw["dependencies"].append({"ref": "nginx:stable-alpine-perl"}))
+    path = _manifest_copy(tmp_path, lambda raw: raw["dependencies"].append({"ref": "redis:6-alpine"}))
     result = bundle("build", str(path), "--registry", REGISTRY, "--tag", TAG, "--source", str(SOURCE_DIR), "--key", str(keys["private"]),
                     "-o", str(tmp_path / "out"), docker_host=harness.build_docker_host, check=False)
     assert result.returncode == 1
-    assert "naming collision" in result.stderr and "nginx:1.27-alpine" in result.stderr and "nginx:stable-alpine-perl" in result.stderr
+    assert "naming collision" in result.stderr and "redis:7-alpine" in result.stderr and "redis:6-alpine" in result.stderr
+    assert f"{REGISTRY}/redis:{TAG}" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
