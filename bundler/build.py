@@ -1,6 +1,7 @@
 """The bundler's two jobs: resolve a manifest into a plan, and build the signed archive."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -111,16 +112,33 @@ def _pull(client, entry: PlanEntry, platform: str, lock: Optional[Lockfile], rep
     reference = entry.upstream
     if locked and locked.digest:
         reference = parse_ref(entry.upstream).pinned(locked.digest)
-    with reporter.task(f"pull {reference}") as task:
+    label = f"pull {entry.upstream}" + (" (locked digest)" if reference != entry.upstream else "")
+    with reporter.task(label) as task:
         layers: dict[str, int] = {}
+        finished: set[str] = set()
 
         def on_event(event: dict) -> None:
+            layer, status = event.get("id"), event.get("status", "")
+            if not layer or layer == parse_ref(entry.upstream).tag:
+                return
+            layers.setdefault(layer, 0)
             detail = event.get("progressDetail") or {}
-            if event.get("id") and detail.get("current"):
-                layers[event["id"]] = detail["current"]
-                task.update(sum(layers.values()))
+            if status == "Downloading" and detail.get("current"):
+                layers[layer] = detail["current"]
+            if status in ("Pull complete", "Already exists"):
+                finished.add(layer)
+            task.set_bytes(sum(layers.values()))
+            task.step(len(finished), len(layers), "layers")
 
-        facts = engine.pull(client, reference, platform, on_event)
+        try:
+            facts = engine.pull(client, reference, platform, on_event)
+        except EngineError as exc:
+            if reference == entry.upstream:
+                raise
+            raise EngineError(
+                f"{exc} The digest was pinned by the lockfile; if the registry no longer has it, re-pin with "
+                "'airgap-bundle resolve' or build with --no-lock."
+            ) from None
     if locked and locked.image_id and locked.image_id != facts.id:
         raise EngineError(
             f"{entry.upstream}: the lockfile pins image {locked.image_id[:19]} but the engine gave {facts.id[:19]}; "
@@ -139,10 +157,16 @@ def _build_source(client, manifest: ReleaseManifest, entry: PlanEntry, source_di
     context = (source_dir / spec.context).resolve()
     dockerfile = (source_dir / spec.dockerfile).resolve()
     args = {k: manifest.render_value(v, f"{spec.key}.args.{k}", tag=plan.tag, registry=plan.registry) for k, v in spec.args.items()}
-    with reporter.task(f"build {entry.service} ({spec.dockerfile}{' target ' + spec.target if spec.target else ''})"):
+    with reporter.task(f"build {entry.service}" + (f" (target {spec.target})" if spec.target else "")) as task:
+
+        def on_event(event: dict) -> None:
+            step = re.match(r"Step (\d+)/(\d+)", event.get("stream", ""))
+            if step:
+                task.step(int(step.group(1)) - 1, int(step.group(2)), "steps")
+
         image_id = engine.build(
             client, context=context, dockerfile=dockerfile.relative_to(context).as_posix(),
-            tag=f"{spec.image}:{plan.tag}", target=spec.target, args=args, platform=platform,
+            tag=f"{spec.image}:{plan.tag}", target=spec.target, args=args, platform=platform, on_event=on_event,
         )
     facts = engine.inspect(client, image_id)
     if not engine.platform_matches(facts.platform, platform):

@@ -148,7 +148,7 @@ def _stream_images(
     layer_hexes = {digest_hex(d) for d in unique_layers}
     written_layers: set[str] = set()
     written_configs: set[str] = set()
-    total = sum(images.facts[r.id].size for r in images.records)
+    total = len(config_ids) + len(layer_hexes)
 
     def layer_name(sha: str) -> Optional[str]:
         if sha not in layer_hexes:
@@ -160,7 +160,8 @@ def _stream_images(
 
     with reporter.task("save + compress images", total=total) as task:
         for saved in save_stream(client, [r.id for r in images.records]):
-            counted = _counting(saved.chunks, task.advance)
+            task.step(len(written_layers) + len(written_configs), total, "layers+configs")
+            counted = _counting(saved.chunks, task.add_bytes)
             match = _CONFIG_NAME.match(saved.name)
             known = match.group(1) if match else None
             if known and known in config_ids and known not in written_configs:

@@ -7,28 +7,57 @@ from contextlib import contextmanager
 from typing import Iterator, Optional, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 class Task:
-    """One step whose progress is reported (bytes, or nothing if unknown)."""
+    """One step being reported: bytes moved, and steps done out of a total when known."""
 
     def __init__(self, reporter: "Reporter", description: str, total: Optional[int]):
-        self.reporter, self.description, self.total = reporter, description, total
-        self.done_bytes = 0
-        self._id = reporter._progress.add_task(description, total=total) if reporter._progress else None
+        self.reporter, self.description = reporter, description
+        self.bytes = 0
+        self.completed, self.total = 0, total
+        self.note = ""
+        self._started = time.monotonic()
+        progress = reporter._progress
+        self._id = progress.add_task(description, total=total, detail="") if progress else None
 
-    def advance(self, amount: int) -> None:
-        """Count ``amount`` more bytes done."""
-        self.done_bytes += amount
-        if self._id is not None:
-            self.reporter._progress.update(self._id, advance=amount)
+    def add_bytes(self, amount: int) -> None:
+        """Count ``amount`` more bytes moved."""
+        self.bytes += amount
+        self._refresh()
 
-    def update(self, completed: int, total: Optional[int] = None) -> None:
-        """Set the bytes done (and the total, when it becomes known)."""
-        self.done_bytes = completed
+    def set_bytes(self, amount: int) -> None:
+        """Set the bytes moved so far."""
+        self.bytes = amount
+        self._refresh()
+
+    def step(self, completed: int, total: Optional[int] = None, note: str = "") -> None:
+        """Set how many of ``total`` steps are done (layers, build steps, members)."""
+        self.completed, self.total, self.note = completed, total or self.total, note
+        self._refresh()
+
+    def finish(self) -> None:
+        """Mark the task complete (a full bar)."""
+        if self.total is None:
+            self.total = self.completed = 1
+        else:
+            self.completed = self.total
+        self._refresh()
+
+    def detail(self) -> str:
+        """A short text: steps, megabytes and rate."""
+        parts = []
+        if self.total and self.total > 1:
+            parts.append(f"{self.completed}/{self.total} {self.note}".rstrip())
+        if self.bytes:
+            elapsed = max(time.monotonic() - self._started, 1e-6)
+            parts.append(f"{self.bytes / 1e6:.1f} MB at {self.bytes / 1e6 / elapsed:.0f} MB/s")
+        return "  ".join(parts)
+
+    def _refresh(self) -> None:
         if self._id is not None:
-            self.reporter._progress.update(self._id, completed=completed, total=total or self.total)
+            self.reporter._progress.update(self._id, completed=self.completed, total=self.total, detail=self.detail())
 
 
 class Reporter:
@@ -43,31 +72,33 @@ class Reporter:
 
     def line(self, text: str) -> None:
         """A plain status line."""
-        if not self.quiet:
-            if self._progress:
-                self._progress.console.print(text, markup=False, highlight=False)
-            else:
-                print(text, file=self.stream, flush=True)
+        if self.quiet:
+            return
+        if self._progress:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=self.stream, flush=True)
 
     @contextmanager
     def task(self, description: str, total: Optional[int] = None) -> Iterator[Task]:
-        """A step with a bar on a terminal; 'description ... done (N MB, Ts)' otherwise."""
+        """A step: a bar on a terminal; 'description ... done (details, Ts)' otherwise."""
         started = time.monotonic()
-        if self.fancy and self._progress is None:
+        if self.fancy:
             with Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                TextColumn("{task.description:<44}"), BarColumn(bar_width=30), TextColumn("{task.fields[detail]}"),
                 TimeElapsedColumn(), console=self.console, transient=False,
             ) as progress:
                 self._progress = progress
                 try:
-                    yield Task(self, description, total)
+                    task = Task(self, description, total)
+                    yield task
+                    task.finish()
                 finally:
                     self._progress = None
             return
-        if not self.fancy:
-            self.line(f"{description} ...")
+        self.line(f"{description} ...")
         task = Task(self, description, total)
         yield task
-        if not self.fancy:
-            size = f"{task.done_bytes / 1e6:.1f} MB, " if task.done_bytes else ""
-            self.line(f"{description} ... done ({size}{time.monotonic() - started:.1f}s)")
+        task.finish()
+        detail = task.detail()
+        self.line(f"{description} ... done ({detail + ', ' if detail else ''}{time.monotonic() - started:.1f}s)")
