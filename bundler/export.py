@@ -134,6 +134,7 @@ def release_info(plan: Plan, compose: RenderedCompose) -> dict:
             n: {"default": v.default, "pattern": v.pattern, "description": v.description} for n, v in manifest.variables.items()
         },
         "secrets": {n: {"length": s.length, "alphabet": s.alphabet} for n, s in manifest.secrets.items()},
+        "endpoints": manifest.endpoints,
         "plan": [
             {"kind": e.kind, "upstream": e.upstream, "target": e.target, "image_id": e.image_id, "digest": e.digest}
             for e in plan.entries

@@ -115,6 +115,7 @@ class ReleaseManifest:
     compose_files: Optional[Path]
     variables: dict[str, SiteVariable] = field(default_factory=dict)
     secrets: dict[str, SecretSpec] = field(default_factory=dict)
+    endpoints: list[dict[str, str]] = field(default_factory=list)
 
     def render_value(self, text: str, key: str, *, tag: str, registry: str) -> str:
         """Fill ``{tag}``, ``{version}`` and ``{registry}`` into a manifest string."""
@@ -154,7 +155,8 @@ def load_manifest(path: Path) -> ReleaseManifest:
 class _Checker:
     """Walks the raw YAML and builds the typed manifest, failing on the first problem."""
 
-    TOP_KEYS = ("apiVersion", "bundle", "naming", "dependencies", "build_bases", "sources", "aliases", "runtime", "compose", "site")
+    TOP_KEYS = ("apiVersion", "bundle", "naming", "dependencies", "build_bases", "sources", "aliases", "runtime", "compose",
+                "site", "endpoints")
 
     def __init__(self, path: Path):
         self.path = path
@@ -240,7 +242,21 @@ class _Checker:
             compose_files=files,
         )
         self.site(raw.get("site", {}), manifest)
+        manifest.endpoints = self.endpoints(raw.get("endpoints"), manifest)
         return manifest
+
+    def endpoints(self, value: Any, manifest: ReleaseManifest) -> list[dict[str, str]]:
+        result = []
+        declared = set(manifest.variables)
+        for index, item in enumerate(self.listing(value, "endpoints")):
+            where = f"endpoints[{index}]"
+            item = self.mapping(item, where, ("name", "url"), ("name", "url"))
+            url = self.string(item["url"], f"{where}.url")
+            for variable in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", url):
+                if variable not in declared:
+                    raise self.fail(f"{where}.url", f"${{{variable}}} is not a site variable (secrets never appear in URLs)")
+            result.append({"name": self.string(item["name"], f"{where}.name"), "url": url})
+        return result
 
     def relative_file(self, value: Any, key: str, *, must_be_dir: bool) -> Path:
         text = self.string(value, key, "a path relative to the manifest")

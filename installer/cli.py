@@ -2,27 +2,47 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import click
 
+from . import engine as engine_ops
 from .archive import VerificationError, verify_archive
 from .archive.reader import ArchiveFormatError
+from .compose import ComposeError, ComposeProject, find_compose
+from .health import service_states, wait_until_ready
+from .install import InstallError, InstallOptions, install, preflight, prefix_lock
 from .signing import KeyFileError
-from .trust import trusted_keys
+from .site import ENV_FILE, SiteError, active_release, parse_sets, read_release_header
+from .trust import SYSTEM_TRUST_DIR, trusted_keys
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (VerificationError, ArchiveFormatError, KeyFileError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    VerificationError, ArchiveFormatError, KeyFileError, SiteError, ComposeError, engine_ops.EngineError,
+)
+
+
+def say(text: str) -> None:
+    """Progress line on stderr (stdout is kept for results)."""
+    click.echo(text, err=True)
 
 
 def friendly_errors(command: Callable) -> Callable:
-    """Turn the tool's own errors into a clear message and exit 1; never a traceback."""
+    """Turn the tool's own errors into a clear message and a non-zero exit; never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except InstallError as exc:
+            click.echo(f"airgap-install: error: {exc}", err=True)
+            for detail in exc.details:
+                click.echo(f"  - {detail}", err=True)
+            sys.exit(exc.exit_code)
         except EXPECTED_ERRORS as exc:
             click.echo(f"airgap-install: error: {exc}", err=True)
             sys.exit(1)
@@ -38,15 +58,89 @@ def friendly_errors(command: Callable) -> Callable:
 def main() -> None:
     """Install a signed compose bundle on a host with no network, and run it.
 
-    The engine is the one DOCKER_HOST names (default: the local socket).
+    \b
+    First install, then day-2:
+      airgap-install preflight aimatrix-v0.3.5.tar.zst
+      airgap-install install   aimatrix-v0.3.5.tar.zst --pubkey release.pub
+      airgap-install status
+      airgap-install logs backend --tail 50
+      airgap-install restart backend
+      airgap-install down
+
+    The engine is the one DOCKER_HOST names (default: the local socket). Nothing
+    is ever pulled: every image comes from the archive.
     """
 
 
 def pubkey_option(command: Callable) -> Callable:
     return click.option(
         "--pubkey", "-p", "pubkeys", multiple=True, type=click.Path(exists=True, path_type=Path),
-        help="Trusted public key (PEM) or folder of keys; repeatable. Default: the keys in /etc/airgap-install/trusted-keys.",
+        help=f"Trusted public key (PEM) or folder of keys; repeatable. Default: the keys in {SYSTEM_TRUST_DIR}.",
     )(command)
+
+
+def prefix_option(command: Callable) -> Callable:
+    return click.option(
+        "--prefix", type=click.Path(file_okay=False, path_type=Path),
+        help="Install directory (default: /opt/<bundle name>; for day-2 commands, the one installed there, "
+             "or $AIRGAP_INSTALL_PREFIX).",
+    )(command)
+
+
+def compose_option(command: Callable) -> Callable:
+    return click.option("--compose", "compose_preference", type=click.Choice(["v1", "v2"]),
+                        help="Force a compose CLI (default: v2 plugin if present, else docker-compose v1).")(command)
+
+
+@main.command("install")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@pubkey_option
+@prefix_option
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a site variable (or secret); repeatable.")
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for the stack to be healthy.")
+@click.option("--insecure-skip-signature", "allow_untrusted", is_flag=True,
+              help="DANGER: accept an unsigned archive or one signed by an unknown key (digests are still checked).")
+@compose_option
+@friendly_errors
+def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeout: float, allow_untrusted: bool,
+                    compose_preference: Optional[str]) -> None:
+    """Check the host, verify the archive, load what is missing, write the site config, start, wait until healthy.
+
+    \b
+    In order, stopping at the first failure:
+      1. preflight: engine, compose CLI, disk, published ports, platform (nothing changes)
+      2. verify: signature, then every member's sha256 (nothing changes)
+      3. load only the images and layers the engine lacks, streamed from the archive
+      4. tag every name the stack uses (aliases, runtime names) from the loaded image IDs
+      5. write PREFIX/releases/<version>, PREFIX/current and PREFIX/site.env (0600, secrets generated here)
+      6. compose up without pulling; wait for health checks and one-shot services; print the endpoints
+    Installing the same archive again changes nothing.
+    """
+    if allow_untrusted:
+        say("WARNING: --insecure-skip-signature: the archive's origin will NOT be checked")
+    options = InstallOptions(archive=archive, keys=trusted_keys(pubkeys), prefix=prefix, sets=parse_sets(sets),
+                             timeout=timeout, allow_untrusted=allow_untrusted, compose_preference=compose_preference)
+    if not options.keys and not allow_untrusted:
+        raise InstallError(f"no trusted public key: pass --pubkey FILE, or put the release key in {SYSTEM_TRUST_DIR}")
+    result = install(options, say)
+    say(f"installed {result.release.name} in {result.prefix} in {result.seconds:.1f}s "
+        f"({len(result.loaded_images)} image name(s) loaded, {result.loaded_layer_bytes / 1e6:.1f} MB of layers)")
+    for name, url in result.endpoints:
+        click.echo(f"{name}: {url}")
+
+
+@main.command("preflight")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@prefix_option
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Site variable as install would use it.")
+@compose_option
+@friendly_errors
+def preflight_command(archive: Path, prefix: Optional[Path], sets, compose_preference) -> None:
+    """Run the install's host checks alone; list every failed check and what to do. Changes nothing."""
+    options = InstallOptions(archive=archive, keys=[], prefix=prefix, sets=parse_sets(sets), compose_preference=compose_preference)
+    say(f"preflight: {archive}")
+    preflight(options, say)
+    say("preflight passed")
 
 
 @main.command("verify")
@@ -65,6 +159,113 @@ def verify_command(archive: Path, pubkeys: tuple[Path, ...]) -> None:
         sys.exit(1)
     header = verified.header
     click.echo(f"OK: {header.name} {header.version}: signed by {verified.signer}; {len(header.members)} members checked")
+
+
+def _installed(prefix: Optional[Path], compose_preference: Optional[str] = None):
+    prefix = prefix or _default_prefix()
+    release = active_release(prefix)
+    if release is None:
+        raise InstallError(f"nothing is installed in {prefix} (no {prefix}/current); run 'airgap-install install' first")
+    header = read_release_header(release)
+    project = ComposeProject(find_compose(compose_preference), header.release.get("project", header.name), release, prefix / ENV_FILE)
+    return prefix, header, project
+
+
+def _default_prefix() -> Path:
+    if os.environ.get("AIRGAP_INSTALL_PREFIX"):
+        return Path(os.environ["AIRGAP_INSTALL_PREFIX"])
+    found = sorted(p.parent for p in Path("/opt").glob("*/current") if p.is_symlink())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise InstallError("no installation found under /opt; pass --prefix")
+    raise InstallError(f"several installations under /opt ({', '.join(map(str, found))}); pass --prefix")
+
+
+@main.command("status")
+@prefix_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@compose_option
+@friendly_errors
+def status_command(prefix: Optional[Path], as_json: bool, compose_preference) -> None:
+    """Show the active release and each service's state and health. Exit 1 if any service is not ready."""
+    prefix, header, project = _installed(prefix, compose_preference)
+    client = engine_ops.connect()
+    states = service_states(client, project.name, header.release.get("services", []), header.release.get("oneshot", []))
+    healthy = all(s.ready for s in states)
+    if as_json:
+        click.echo(json.dumps({"bundle": header.name, "version": header.version, "prefix": str(prefix),
+                               "project": project.name, "healthy": healthy, "services": [s.to_dict() for s in states]}, indent=2))
+    else:
+        click.echo(f"{header.name} {header.version} in {prefix} (project {project.name}): {'healthy' if healthy else 'NOT healthy'}")
+        width = max(len(s.service) for s in states) if states else 10
+        for s in states:
+            click.echo(f"  {s.service:<{width}}  {'ok ' if s.ready else 'BAD'}  {s.summary():<14}  {s.ports}")
+    sys.exit(0 if healthy else 1)
+
+
+@main.command("logs")
+@click.argument("service")
+@prefix_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
+@click.option("--tail", "-n", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
+@compose_option
+@friendly_errors
+def logs_command(service: str, prefix: Optional[Path], follow: bool, tail: Optional[int], compose_preference) -> None:
+    """Show a service's logs."""
+    _, header, project = _installed(prefix, compose_preference)
+    services = header.release.get("services", [])
+    if service not in services:
+        raise InstallError(f"no service {service!r} in {header.name} {header.version} (services: {', '.join(services)})")
+    result = subprocess.run(project.logs_argv(service, tail, follow), cwd=project.directory, stdin=subprocess.DEVNULL)
+    sys.exit(result.returncode)
+
+
+@main.command("down")
+@prefix_option
+@click.option("--remove-data-volumes", is_flag=True, help="Also DELETE the stack's data volumes (databases, repositories). Irreversible.")
+@compose_option
+@friendly_errors
+def down_command(prefix: Optional[Path], remove_data_volumes: bool, compose_preference) -> None:
+    """Stop and remove the stack's containers. Data volumes are kept unless asked."""
+    prefix, header, project = _installed(prefix, compose_preference)
+    with prefix_lock(prefix):
+        project.down(remove_volumes=remove_data_volumes, timeout=600)
+    say(f"{project.name} is down" + ("; data volumes DELETED" if remove_data_volumes else "; data volumes kept"))
+
+
+@main.command("restart")
+@click.argument("services", nargs=-1)
+@prefix_option
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait for health afterwards.")
+@compose_option
+@friendly_errors
+def restart_command(services: tuple[str, ...], prefix: Optional[Path], timeout: float, compose_preference) -> None:
+    """Restart the stack (or the named services) and wait until healthy. Never pulls.
+
+    A stopped stack (after 'down') is started again from the images on this host.
+    """
+    prefix, header, project = _installed(prefix, compose_preference)
+    known = header.release.get("services", [])
+    unknown = [s for s in services if s not in known]
+    if unknown:
+        raise InstallError(f"no service {unknown[0]!r} in {header.name} {header.version} (services: {', '.join(known)})")
+    client = engine_ops.connect()
+    missing = [t for image in header.images for t in image.targets if engine_ops.image_id_of(client, t) is None]
+    if missing:
+        raise InstallError("images the stack needs are missing on this host (restart never pulls); "
+                           "re-run 'airgap-install install ARCHIVE'", missing)
+    with prefix_lock(prefix):
+        states = service_states(client, project.name, known, header.release.get("oneshot", []))
+        if any(s.container is None for s in states if not s.oneshot):
+            project.up(timeout=timeout)
+        else:
+            project.restart(services, timeout=timeout)
+        ok, states = wait_until_ready(client, project.name, known, header.release.get("oneshot", []), timeout,
+                                      on_change=lambda s: say(f"  {s.service}: {s.summary()}"))
+    if not ok:
+        raise InstallError("not healthy after restart", [f"{s.service}: {s.summary()} {s.last_health_output}" for s in states if not s.ready], 3)
+    say(f"{project.name} restarted and healthy")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,238 @@
+"""The install: preflight, verify, load what is missing, fill in names, write the site, up, wait.
+
+Nothing reaches the engine or the install directory before the signature
+and every digest of the archive have checked out.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import docker
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from . import engine as engine_ops
+from .archive import BundleHeader, VerificationError, read_header, verify_archive
+from .compose import ComposeError, ComposeProject
+from .health import ServiceState, last_log_lines, wait_until_ready
+from .loader import docker_archive_stream, missing_layers_in_archive
+from .preflight import PreflightReport, run_preflight
+from .site import (
+    ENV_FILE,
+    SiteError,
+    read_env,
+    resolve_env,
+    switch_current,
+    write_env,
+    write_release,
+)
+
+Say = Callable[[str], None]
+
+
+class InstallError(Exception):
+    """The install stopped; ``details`` lists what failed and what to do."""
+
+    def __init__(self, message: str, details: Sequence[str] = (), exit_code: int = 1):
+        super().__init__(message)
+        self.details = list(details)
+        self.exit_code = exit_code
+
+
+@dataclass
+class InstallOptions:
+    """What ``airgap-install install`` was asked to do."""
+
+    archive: Path
+    keys: list[Ed25519PublicKey]
+    prefix: Optional[Path] = None
+    sets: dict[str, str] = field(default_factory=dict)
+    timeout: float = 600.0
+    allow_untrusted: bool = False
+    compose_preference: Optional[str] = None
+
+
+@dataclass
+class InstallResult:
+    """What the install did."""
+
+    prefix: Path
+    release: Path
+    loaded_images: list[str]
+    loaded_layer_bytes: int
+    tagged: list[str]
+    generated_secrets: list[str]
+    states: list[ServiceState]
+    endpoints: list[tuple[str, str]]
+    seconds: float
+
+
+@contextmanager
+def prefix_lock(prefix: Path, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``prefix`` (kept outside it, so a refused install leaves it untouched)."""
+    lock_dir = Path("/run/lock") if os.access("/run/lock", os.W_OK) else Path(tempfile.gettempdir())
+    key = hashlib.sha256(str(prefix.resolve()).encode()).hexdigest()[:16]
+    path = lock_dir / f"airgap-install-{key}.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise InstallError(f"another airgap-install is working on {prefix}; wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def preflight(options: InstallOptions, say: Say) -> tuple[BundleHeader, Path, PreflightReport, dict[str, str]]:
+    """Read the header (unverified) and run every preflight check; raise InstallError listing failures."""
+    try:
+        header, _, _ = read_header(options.archive)
+    except VerificationError as exc:
+        raise InstallError(str(exc)) from None
+    prefix = options.prefix or Path("/opt") / header.name
+    try:
+        values = resolve_env(header, read_env(prefix / ENV_FILE), options.sets).values
+    except SiteError as exc:
+        raise InstallError(str(exc)) from None
+    try:
+        client: Optional[docker.DockerClient] = engine_ops.connect()
+    except engine_ops.EngineError:
+        client = None
+    report = run_preflight(header, client, prefix, values, compose_preference=options.compose_preference)
+    for check in report.checks:
+        say(f"  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    if not report.ok:
+        raise InstallError(
+            f"preflight failed: {len(report.failures())} check(s) did not pass; nothing was changed",
+            [f"{c.name}: {c.detail} -> {c.fix}" for c in report.failures()],
+            exit_code=2,
+        )
+    return header, prefix, report, values
+
+
+def install(options: InstallOptions, say: Say) -> InstallResult:
+    """Run the whole install; raise InstallError (nothing changed before verification passed)."""
+    started = time.monotonic()
+    say(f"preflight: {options.archive}")
+    header, prefix, report, _ = preflight(options, say)
+    with prefix_lock(prefix):
+        say("verify: signature, then every member's sha256")
+        try:
+            verified = verify_archive(options.archive, options.keys, allow_untrusted=options.allow_untrusted)
+            header = verified.header
+        except VerificationError as exc:
+            raise InstallError(f"verification failed; nothing was changed: {exc}", getattr(exc, "problems", [])) from None
+        for warning in verified.warnings:
+            say(f"WARNING: {warning}")
+        say(f"  ok: {header.name} {header.version} signed by {verified.signer or 'NOBODY (override in force)'}")
+        client = engine_ops.connect()
+        plan = report.load_plan
+        assert plan is not None and report.compose is not None
+        absent = missing_layers_in_archive(header, plan)
+        if absent:
+            base = (header.base or {}).get("version", "an earlier release")
+            raise InstallError(
+                f"this archive is a delta built against {header.name} {base}, and the engine lacks {len(absent)} of the "
+                f"layers it leaves out; install {base} first (or use the full archive). Nothing was changed."
+            )
+        loaded: list[str] = []
+        if plan.empty:
+            say("load: the engine already has every image; nothing to load")
+        else:
+            say(f"load: {len(plan.images)} image(s), {len(plan.layers)} layer(s), {plan.layer_bytes / 1e6:.1f} MB "
+                f"(the engine has {len(plan.present_images)} image(s) already)")
+            try:
+                loaded = engine_ops.load(client, docker_archive_stream(options.archive, header, plan))
+            except VerificationError as exc:
+                raise InstallError(f"load aborted: {exc}") from None
+        tagged = fill_in_names(client, header, say)
+        existing_env = read_env(prefix / ENV_FILE)
+        env = resolve_env(header, existing_env, options.sets)
+        header_bytes = read_header(options.archive)[1]
+        release = write_release(prefix, options.archive, header, header_bytes)
+        if env.changed or not (prefix / ENV_FILE).exists():
+            write_env(prefix / ENV_FILE, env, header)
+        if env.generated:
+            say(f"site: generated {len(env.generated)} secret(s) in {prefix / ENV_FILE} (mode 0600)")
+        switch_current(prefix, release)
+        project = ComposeProject(report.compose, header.release.get("project", header.name), release, prefix / ENV_FILE)
+        states = bring_up(client, project, header, options.timeout, say)
+        endpoints = resolve_endpoints(header, env.values)
+        return InstallResult(prefix=prefix, release=release, loaded_images=loaded, loaded_layer_bytes=plan.layer_bytes,
+                             tagged=tagged, generated_secrets=env.generated, states=states, endpoints=endpoints,
+                             seconds=time.monotonic() - started)
+
+
+def fill_in_names(client: docker.DockerClient, header: BundleHeader, say: Say) -> list[str]:
+    """Make every name the stack uses point at its image; report any name still missing."""
+    tagged = []
+    for image in header.images:
+        if engine_ops.image_id_of(client, image.id) is None:
+            continue
+        for name in image.targets:
+            if engine_ops.image_id_of(client, name) != image.id:
+                engine_ops.tag(client, image.id, name)
+                tagged.append(name)
+    missing = []
+    for image in header.images:
+        for source in image.sources or [{"target": t, "kind": "image", "key": "?"} for t in image.targets]:
+            if engine_ops.image_id_of(client, source["target"]) != image.id:
+                missing.append(f"{source['target']} ({source.get('kind')} from {source.get('key')}, image {image.id[7:19]})")
+    if missing:
+        raise InstallError("after loading, these names the stack uses are still missing (nothing is pulled):", missing)
+    if tagged:
+        say(f"names: tagged {len(tagged)} name(s) from loaded image IDs")
+    return tagged
+
+
+def bring_up(client: docker.DockerClient, project: ComposeProject, header: BundleHeader, timeout: float, say: Say) -> list[ServiceState]:
+    """compose up (no pulls), then wait until every service is ready; InstallError naming what is not."""
+    services = header.release.get("services", [])
+    oneshot = header.release.get("oneshot", [])
+    say(f"up: {project.name} with {project.cli.describe()} ({len(services)} services)")
+    up_error: Optional[str] = None
+    try:
+        project.up(timeout=timeout)
+    except ComposeError as exc:
+        up_error = str(exc)
+    ok, states = wait_until_ready(
+        client, project.name, services, oneshot, timeout=5 if up_error else timeout,
+        on_change=lambda s: say(f"  {s.service}: {s.summary()}"),
+    )
+    if ok:
+        say(f"healthy: {sum(1 for s in states if not s.oneshot)} service(s) up, {sum(1 for s in states if s.oneshot)} one-shot(s) done")
+        return states
+    details = []
+    for state in states:
+        if state.ready:
+            continue
+        detail = f"{state.service}: {state.summary()}"
+        if state.last_health_output:
+            detail += f"; last health check said: {state.last_health_output[-300:]}"
+        if state.container:
+            detail += "\n      last log lines:\n      " + last_log_lines(client, state.container, 10).replace("\n", "\n      ")
+        details.append(detail)
+    reason = f"compose up failed: {up_error}" if up_error else f"not healthy within {timeout:.0f}s"
+    raise InstallError(f"the stack did not become healthy ({reason})", details, exit_code=3)
+
+
+def resolve_endpoints(header: BundleHeader, values: dict[str, str]) -> list[tuple[str, str]]:
+    """The release's endpoints with site values filled in."""
+    result = []
+    for endpoint in header.release.get("endpoints", []):
+        url = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: values.get(m.group(1), m.group(0)), endpoint["url"])
+        result.append((endpoint["name"], url))
+    return result

@@ -1,0 +1,107 @@
+"""Load into the engine only what it lacks, streamed straight from the archive.
+
+The archive's images part is re-emitted as a docker-archive holding the
+manifest, the configs of the missing images and only the layers whose chain
+the engine does not already have (``docker load`` skips a layer whose chain is
+present without opening its file). Nothing is extracted to disk on the way.
+Engines whose image store needs every blob (containerd) get every layer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from .archive import (
+    IMAGES_DIR,
+    ArchiveReader,
+    BundleHeader,
+    ImageRecord,
+    VerificationError,
+    config_path,
+    layer_path,
+)
+from .archive.layout import END_OF_ARCHIVE, padding_for
+from .archive.writer import tar_header
+from .engine import EngineInventory, chain_ids
+
+
+@dataclass
+class LoadPlan:
+    """What to send to the engine: images to load, and which of their layers to include."""
+
+    images: list[ImageRecord] = field(default_factory=list)
+    layers: set[str] = field(default_factory=set)
+    present_images: list[ImageRecord] = field(default_factory=list)
+    layer_bytes: int = 0
+
+    @property
+    def empty(self) -> bool:
+        """True when the engine already has every image."""
+        return not self.images
+
+
+def plan_load(header: BundleHeader, engine: EngineInventory, *, send_every_layer: bool = False) -> LoadPlan:
+    """Decide which images and layers the engine lacks."""
+    plan = LoadPlan()
+    sizes = {member.path: member.size for member in header.members}
+    for image in header.images:
+        if image.id in engine.image_ids:
+            plan.present_images.append(image)
+            continue
+        plan.images.append(image)
+        for diff_id, chain in zip(image.diff_ids, chain_ids(image.diff_ids)):
+            if send_every_layer or chain not in engine.chains:
+                plan.layers.add(layer_path(diff_id))
+    plan.layer_bytes = sum(sizes.get(path, 0) for path in plan.layers)
+    return plan
+
+
+def missing_layers_in_archive(header: BundleHeader, plan: LoadPlan) -> list[str]:
+    """Layers the load needs that the archive does not carry (a delta built against another base)."""
+    names = {member.path for member in header.members}
+    return sorted(path for path in plan.layers if path not in names)
+
+
+def docker_archive_stream(
+    archive: Path, header: BundleHeader, plan: LoadPlan, progress: Optional[Callable[[int], None]] = None
+) -> Iterator[bytes]:
+    """Yield a docker-archive tar of ``plan`` read from ``archive``, re-checking every digest.
+
+    A member whose sha256 differs from the signed header (the file changed
+    after verification) raises VerificationError before its end reaches the engine.
+    """
+    wanted = {config_path(image.id) for image in plan.images} | plan.layers
+    expected = {member.path: member.sha256 for member in header.members}
+    manifest = json.dumps([
+        {
+            "Config": config_path(image.id).split("/", 1)[1],
+            "RepoTags": image.targets,
+            "Layers": [layer_path(d).split("/", 1)[1] for d in image.diff_ids],
+        }
+        for image in plan.images
+    ]).encode()
+    yield tar_header("manifest.json", len(manifest)) + manifest + padding_for(len(manifest))
+    with ArchiveReader(archive) as reader:
+        for member in reader.members():
+            if member.name not in wanted:
+                continue
+            inner = member.name[len(IMAGES_DIR) + 1:]
+            yield tar_header(inner, member.size)
+            digest = hashlib.sha256()
+            sent = 0
+            for chunk in member.chunks():
+                digest.update(chunk)
+                sent += len(chunk)
+                if sent == member.size and digest.hexdigest() != expected[member.name]:
+                    raise VerificationError(f"{member.name} changed after verification; load aborted")
+                yield chunk
+                if progress:
+                    progress(len(chunk))
+            yield padding_for(member.size)
+            wanted.discard(member.name)
+    if wanted:
+        raise VerificationError(f"{len(wanted)} member(s) to load are missing from the archive: {', '.join(sorted(wanted)[:3])}")
+    yield END_OF_ARCHIVE

@@ -1,0 +1,207 @@
+"""The site's install directory (PREFIX): releases, the active-release pointer, the environment file.
+
+    PREFIX/releases/<version>/   docker-compose.yml, files/, bundle.json (the signed header)
+    PREFIX/current -> releases/<version>
+    PREFIX/previous -> releases/<older version>   (after an upgrade)
+    PREFIX/site.env              variables and secrets (mode 0600), kept across installs
+
+Every write goes to a temporary name first and is renamed into place.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets as secret_source
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .archive import HEADER_NAME, RELEASE_DIR, ArchiveReader, BundleHeader
+
+ENV_FILE = "site.env"
+RELEASES = "releases"
+CURRENT = "current"
+PREVIOUS = "previous"
+ALPHABETS = {
+    "alnum": "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+    "hex": "0123456789abcdef",
+}
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f$'\"`\\#]")
+_SAFE_VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+class SiteError(ValueError):
+    """A site setting is wrong, or the install directory is unusable."""
+
+
+@dataclass
+class SiteEnv:
+    """The site's variables and secrets, and which secrets were generated just now."""
+
+    values: dict[str, str]
+    generated: list[str]
+    changed: bool
+
+
+def default_prefix(header: BundleHeader) -> Path:
+    """``/opt/<bundle name>``."""
+    return Path("/opt") / header.name
+
+
+def parse_sets(items: Iterable[str]) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` → dict; SiteError naming a malformed item."""
+    result: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
+            raise SiteError(f"--set {item!r}: expected KEY=VALUE with an upper-case KEY, e.g. --set HTTP_PORT=8081")
+        result[key] = value
+    return result
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """Read a KEY=VALUE file (blank lines and # comments ignored)."""
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise SiteError(f"{path}: line {number} is not KEY=VALUE; fix or remove it")
+        values[key.strip()] = value
+    return values
+
+
+def resolve_env(header: BundleHeader, existing: dict[str, str], sets: dict[str, str]) -> SiteEnv:
+    """Merge defaults, what the site already has and ``--set``; generate missing secrets.
+
+    Secrets already in the site file are kept (a re-install never rotates
+    them); ``--set`` may override a variable or a secret; every value is checked.
+    """
+    variables = header.release.get("variables", {})
+    secret_specs = header.release.get("secrets", {})
+    known = set(variables) | set(secret_specs)
+    unknown = sorted(set(sets) - known)
+    if unknown:
+        raise SiteError(f"--set {unknown[0]}: not a variable of {header.name} (known: {', '.join(sorted(known))})")
+    values: dict[str, str] = {}
+    for name, spec in variables.items():
+        values[name] = sets.get(name, existing.get(name, spec.get("default", "")))
+        _check_value(name, values[name], spec.get("pattern"))
+    generated = []
+    for name, spec in secret_specs.items():
+        if name in sets:
+            values[name] = sets[name]
+        elif existing.get(name):
+            values[name] = existing[name]
+        else:
+            alphabet = ALPHABETS.get(spec.get("alphabet", "alnum"), ALPHABETS["alnum"])
+            values[name] = "".join(secret_source.choice(alphabet) for _ in range(int(spec.get("length", 32))))
+            generated.append(name)
+        _check_value(name, values[name], None)
+    for name, value in existing.items():
+        values.setdefault(name, value)
+    return SiteEnv(values=values, generated=generated, changed=values != existing)
+
+
+def _check_value(name: str, value: str, pattern: Optional[str]) -> None:
+    if _FORBIDDEN.search(value):
+        raise SiteError(f"{name}: the value contains a character the environment file cannot hold safely "
+                        "($, quotes, backslash, #, or a control character)")
+    if pattern and not re.fullmatch(pattern, value):
+        raise SiteError(f"{name}: {value!r} does not match the pattern {pattern!r}")
+
+
+def write_env(path: Path, env: SiteEnv, header: BundleHeader) -> None:
+    """Write the environment file atomically with mode 0600."""
+    lines = [f"# {header.name} site settings; secrets were generated on this host. Keep this file private.\n"]
+    lines += [f"{key}={value}\n" for key, value in env.values.items()]
+    _atomic_write(path, "".join(lines).encode(), mode=0o600)
+
+
+def release_dir(prefix: Path, version: str) -> Path:
+    """``PREFIX/releases/<version>``."""
+    if not _SAFE_VERSION.match(version):
+        raise SiteError(f"bundle version {version!r} is not usable as a folder name")
+    return prefix / RELEASES / version
+
+
+def write_release(prefix: Path, archive: Path, header: BundleHeader, header_bytes: bytes) -> Path:
+    """Unpack the release files (compose config, shipped files, header) into their folder.
+
+    Written beside the final folder and renamed into place, so a folder
+    under ``releases/`` is always complete. An identical existing folder is kept.
+    """
+    target = release_dir(prefix, header.version)
+    if target.is_dir() and (target / HEADER_NAME).is_file() and (target / HEADER_NAME).read_bytes() == header_bytes:
+        return target
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    expected = {m.path: m for m in header.members if m.path.startswith(RELEASE_DIR + "/")}
+    with ArchiveReader(archive) as reader:
+        for member in reader.members():
+            if member.name not in expected:
+                member.skip()
+                continue
+            relative = Path(member.name[len(RELEASE_DIR) + 1:])
+            destination = (staging / relative).resolve()
+            if staging.resolve() not in destination.parents:
+                raise SiteError(f"release member {member.name!r} points outside the release folder")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with open(destination, "wb") as handle:
+                for chunk in member.chunks():
+                    handle.write(chunk)
+            if relative.suffix == ".sh":
+                destination.chmod(0o755)
+    (staging / HEADER_NAME).write_bytes(header_bytes)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def active_release(prefix: Path) -> Optional[Path]:
+    """The folder ``PREFIX/current`` points at, if any."""
+    link = prefix / CURRENT
+    return link.resolve() if link.is_symlink() and link.resolve().is_dir() else None
+
+
+def switch_current(prefix: Path, release: Path) -> Optional[Path]:
+    """Point ``current`` at ``release`` atomically; keep the old one as ``previous``. Return the old one."""
+    old = active_release(prefix)
+    if old == release.resolve():
+        return old
+    if old is not None:
+        _atomic_symlink(prefix / PREVIOUS, os.path.relpath(old, prefix))
+    _atomic_symlink(prefix / CURRENT, os.path.relpath(release, prefix))
+    return old
+
+
+def read_release_header(release: Path) -> BundleHeader:
+    """The signed header kept in a release folder."""
+    return BundleHeader.from_bytes((release / HEADER_NAME).read_bytes())
+
+
+def _atomic_symlink(link: Path, target: str) -> None:
+    temporary = link.with_name(f".{link.name}.new")
+    if temporary.is_symlink() or temporary.exists():
+        temporary.unlink()
+    os.symlink(target, temporary)
+    os.replace(temporary, link)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.new")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
