@@ -1,0 +1,247 @@
+"""The installer against a real air-gapped engine: a daemon in a network namespace with only
+loopback, the installer itself run inside that namespace, the archive built from the stand-in stack."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tests.harness import SOURCE_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "manifests" / "aimatrix.yaml"
+REGISTRY = "aiharbor.msxf.local/aihpc"
+TAG = "v0.3.5"
+PROJECT = "ai-infra-matrix"
+
+
+def in_namespace(harness, *argv: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a command inside the air-gapped namespace, talking to the target engine."""
+    command = ["nsenter", f"--net=/var/run/netns/{harness.netns}", "env", f"DOCKER_HOST={harness.target_docker_host}", *argv]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def airgap_install(harness, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return in_namespace(harness, sys.executable, "-m", "installer.cli", *args, check=check)
+
+
+@pytest.fixture(scope="module")
+def release(harness, tmp_path_factory) -> dict:
+    """The v0.3.5 archive of the stand-in stack and its key."""
+    folder = tmp_path_factory.mktemp("release")
+    env = dict(os.environ, DOCKER_HOST=harness.build_docker_host)
+    bundle = [sys.executable, "-m", "bundler.cli"]
+    subprocess.run(bundle + ["keygen", "-o", str(folder / "release.key")], check=True, env=env, capture_output=True)
+    subprocess.run(bundle + ["build", str(MANIFEST), "--registry", REGISTRY, "--tag", TAG, "--source", str(SOURCE_DIR),
+                             "--key", str(folder / "release.key"), "-o", str(folder), "--lock", str(folder / "lock.json")],
+                   check=True, env=env, capture_output=True, cwd=ROOT)
+    return {"archive": folder / f"aimatrix-{TAG}.tar.zst", "pubkey": folder / "release.pub", "folder": folder}
+
+
+def engine_snapshot(client) -> dict:
+    """Everything an install could change in the engine."""
+    return {
+        "images": sorted((i.id, tuple(sorted(i.tags))) for i in client.images.list(all=True)),
+        "containers": sorted((c.name, c.status) for c in client.containers.list(all=True)),
+        "volumes": sorted(v.name for v in client.volumes.list()),
+        "networks": sorted(n.name for n in client.networks.list()),
+    }
+
+
+def tree_snapshot(path: Path) -> dict:
+    """Every file, link and folder under ``path`` with content hash and mode (or None if absent)."""
+    if not path.exists():
+        return {"absent": True}
+    result = {}
+    for item in sorted(path.rglob("*")):
+        stat = item.lstat()
+        if item.is_symlink():
+            result[str(item)] = ("link", os.readlink(item))
+        elif item.is_file():
+            result[str(item)] = ("file", oct(stat.st_mode), hashlib.sha256(item.read_bytes()).hexdigest())
+        else:
+            result[str(item)] = ("dir", oct(stat.st_mode))
+    return result
+
+
+@pytest.fixture(scope="module")
+def installed(harness, release, tmp_path_factory) -> dict:
+    """A fresh install of v0.3.5 on an empty air-gapped engine (compose v2)."""
+    harness.reset_target()
+    prefix = tmp_path_factory.mktemp("site") / "aimatrix"
+    result = airgap_install(harness, "install", str(release["archive"]), "--pubkey", str(release["pubkey"]),
+                            "--prefix", str(prefix), "--timeout", "180", "--compose", "v2")
+    return {"prefix": prefix, "stdout": result.stdout, "stderr": result.stderr}
+
+
+def test_fresh_install_is_healthy_and_answers_inside_the_namespace(harness, installed, target_engine) -> None:
+    assert "healthy: 14 service(s) up, 1 one-shot(s) done" in installed["stderr"]
+    assert "main entry: http://localhost:8080" in installed["stdout"]
+    containers = {c.labels["com.docker.compose.service"]: c for c in target_engine.containers.list(all=True,
+                  filters={"label": f"com.docker.compose.project={PROJECT}"})}
+    assert len(containers) == 15
+    init = containers["backend-init"].attrs["State"]
+    assert init["Status"] == "exited" and init["ExitCode"] == 0
+    for name, container in containers.items():
+        if name == "backend-init":
+            continue
+        state = container.attrs["State"]
+        assert state["Status"] == "running", name
+        if "Health" in state:
+            assert state["Health"]["Status"] == "healthy", name
+    answer = in_namespace(harness, "wget", "-qO-", "http://127.0.0.1:8080/health").stdout
+    assert answer.strip() == "ok"
+    # and the host outside the namespace cannot reach it: the target is isolated
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", 8080), timeout=2).close()
+
+
+def test_site_config_layout_and_modes(installed) -> None:
+    prefix = installed["prefix"]
+    assert os.readlink(prefix / "current") == "releases/v0.3.5"
+    assert (prefix / "releases" / TAG / "docker-compose.yml").is_file()
+    assert (prefix / "releases" / TAG / "files" / "nginx" / "site.conf").is_file()
+    assert oct((prefix / "site.env").stat().st_mode & 0o777) == "0o600"
+    env = dict(line.split("=", 1) for line in (prefix / "site.env").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    assert env["LDAP_BASE_DN"] == "dc=ai-infra,dc=com"
+    assert len(env["POSTGRES_PASSWORD"]) == 32 and len(env["JUPYTERHUB_CRYPT_KEY"]) == 64
+
+
+def test_every_name_the_stack_uses_exists(installed, target_engine) -> None:
+    tags = {tag for image in target_engine.images.list() for tag in image.tags}
+    assert "ai-infra-singleuser:v0.3.5" in tags
+    assert f"{REGISTRY}/ai-infra-k8s-proxy:{TAG}" in tags and f"{REGISTRY}/tcp-proxy:{TAG}" in tags
+
+
+def test_status_json_and_logs(harness, installed) -> None:
+    status = airgap_install(harness, "status", "--prefix", str(installed["prefix"]), "--json")
+    data = json.loads(status.stdout)
+    assert data["healthy"] is True and data["version"] == TAG and len(data["services"]) == 15
+    logs = airgap_install(harness, "logs", "backend-init", "--prefix", str(installed["prefix"]), "--tail", "5")
+    assert "init done" in logs.stdout
+    unknown = airgap_install(harness, "logs", "no-such-service", "--prefix", str(installed["prefix"]), check=False)
+    assert unknown.returncode == 1 and "no service 'no-such-service'" in unknown.stderr
+
+
+def test_second_install_of_the_same_archive_loads_nothing_and_changes_nothing(harness, installed, release, target_engine) -> None:
+    before_engine = engine_snapshot(target_engine)
+    before_tree = tree_snapshot(installed["prefix"])
+    started = time.monotonic()
+    result = airgap_install(harness, "install", str(release["archive"]), "--pubkey", str(release["pubkey"]),
+                            "--prefix", str(installed["prefix"]), "--compose", "v2")
+    assert "nothing to load" in result.stderr
+    assert engine_snapshot(target_engine) == before_engine
+    assert tree_snapshot(installed["prefix"]) == before_tree
+    assert time.monotonic() - started < 60  # "seconds", with a wide margin for a loaded CI machine
+
+
+def test_restart_does_not_pull(harness, installed, target_engine) -> None:
+    since = int(time.time()) - 1
+    airgap_install(harness, "restart", "backend", "--prefix", str(installed["prefix"]))
+    until = int(time.time()) + 1
+    events = list(target_engine.api.events(since=since, until=until, decode=True))
+    assert not [e for e in events if e.get("Type") == "image" and e.get("Action") == "pull"]
+    restarted = [e for e in events if e.get("Type") == "container" and e.get("Action") == "restart"]
+    assert [e["Actor"]["Attributes"]["com.docker.compose.service"] for e in restarted] == ["backend"]
+
+
+def test_down_keeps_data_volumes_and_restart_brings_the_stack_back(harness, installed, target_engine) -> None:
+    airgap_install(harness, "down", "--prefix", str(installed["prefix"]))
+    assert not target_engine.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"})
+    assert f"{PROJECT}-postgres-data" in {v.name for v in target_engine.volumes.list()}
+    down_status = airgap_install(harness, "status", "--prefix", str(installed["prefix"]), check=False)
+    assert down_status.returncode == 1 and "NOT healthy" in down_status.stdout
+    airgap_install(harness, "restart", "--prefix", str(installed["prefix"]))
+    assert json.loads(airgap_install(harness, "status", "--prefix", str(installed["prefix"]), "--json").stdout)["healthy"]
+
+
+def _flip_a_layer_byte(archive: Path, target: Path) -> None:
+    import io
+    import tarfile
+
+    with open(archive, "rb") as handle:
+        data = bytearray(zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True).read())
+    info = next(i for i in tarfile.open(fileobj=io.BytesIO(bytes(data))).getmembers() if i.name.endswith("layer.tar"))
+    data[info.offset_data + 700] ^= 0x01
+    target.write_bytes(zstandard.ZstdCompressor().compress(bytes(data)))
+
+
+def test_tampered_archive_leaves_engine_and_prefix_exactly_as_they_were(harness, release, target_engine, tmp_path) -> None:
+    tampered = tmp_path / "aimatrix-v0.3.5.tar.zst"
+    _flip_a_layer_byte(release["archive"], tampered)
+    for prefix in (tmp_path / "fresh-site", tmp_path / "existing-site"):
+        if prefix.name == "existing-site":
+            (prefix / "releases").mkdir(parents=True)
+            (prefix / "site.env").write_text("TZ=UTC\n")
+        before_engine, before_tree = engine_snapshot(target_engine), tree_snapshot(prefix)
+        result = airgap_install(harness, "install", str(tampered), "--pubkey", str(release["pubkey"]), "--prefix", str(prefix), check=False)
+        assert result.returncode == 1
+        assert "verification failed; nothing was changed" in result.stderr and "sha256 mismatch" in result.stderr
+        assert engine_snapshot(target_engine) == before_engine
+        assert tree_snapshot(prefix) == before_tree
+
+
+def test_wrong_key_and_unsigned_are_refused_and_the_override_is_loud(harness, release, tmp_path) -> None:
+    subprocess.run([sys.executable, "-m", "bundler.cli", "keygen", "-o", str(tmp_path / "other.key")], check=True, capture_output=True)
+    wrong = airgap_install(harness, "install", str(release["archive"]), "--pubkey", str(tmp_path / "other.pub"),
+                           "--prefix", str(tmp_path / "p"), check=False)
+    assert wrong.returncode == 1 and "bad signature" in wrong.stderr and not (tmp_path / "p").exists()
+    nokey = airgap_install(harness, "install", str(release["archive"]), "--prefix", str(tmp_path / "p"), check=False)
+    assert nokey.returncode == 1 and "no trusted public key" in nokey.stderr
+
+
+def test_preflight_catches_a_busy_port_and_too_little_disk(harness, release, tmp_path) -> None:
+    listener = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{harness.netns}", sys.executable, "-c",
+                                 "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 18080)); s.listen(); time.sleep(60)"])
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(small)], check=True)
+    try:
+        time.sleep(0.5)
+        result = airgap_install(harness, "preflight", str(release["archive"]), "--prefix", str(small / "site"),
+                                "--set", "HTTP_PORT=18080", check=False)
+    finally:
+        listener.kill()
+        subprocess.run(["umount", str(small)], check=False)
+    assert result.returncode == 2
+    assert "FAIL port 18080/tcp (nginx): in use by a process on this host" in result.stderr
+    assert "FAIL prefix disk" in result.stderr
+    assert "preflight failed: 2 check(s) did not pass; nothing was changed" in result.stderr
+
+
+def test_bad_site_value_is_refused_with_its_name(harness, release, tmp_path) -> None:
+    result = airgap_install(harness, "preflight", str(release["archive"]), "--prefix", str(tmp_path / "s"),
+                            "--set", "HTTP_PORT=eighty", check=False)
+    assert result.returncode == 1 and "HTTP_PORT: 'eighty' does not match" in result.stderr
+    unknown = airgap_install(harness, "preflight", str(release["archive"]), "--prefix", str(tmp_path / "s"),
+                             "--set", "NOPE=1", check=False)
+    assert unknown.returncode == 1 and "--set NOPE: not a variable of aimatrix" in unknown.stderr
+
+
+def test_secrets_differ_between_fresh_installs_and_never_appear_in_the_archive(harness, release, tmp_path) -> None:
+    with open(release["archive"], "rb") as handle:
+        archive_bytes = zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True).read()
+    secrets = []
+    for name in ("one", "two"):
+        harness.reset_target()
+        prefix = tmp_path / name
+        airgap_install(harness, "install", str(release["archive"]), "--pubkey", str(release["pubkey"]), "--prefix", str(prefix),
+                       "--compose", "v1", "--timeout", "180")
+        env = dict(line.split("=", 1) for line in (prefix / "site.env").read_text().splitlines() if "=" in line and not line.startswith("#"))
+        secrets.append({k: env[k] for k in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "JWT_SECRET", "JUPYTERHUB_CRYPT_KEY")})
+        airgap_install(harness, "down", "--prefix", str(prefix), "--remove-data-volumes", "--compose", "v1")
+    for key in secrets[0]:
+        assert secrets[0][key] != secrets[1][key], key
+        for values in secrets:
+            assert values[key].encode() not in archive_bytes
