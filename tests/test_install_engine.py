@@ -245,3 +245,27 @@ def test_secrets_differ_between_fresh_installs_and_never_appear_in_the_archive(h
         assert secrets[0][key] != secrets[1][key], key
         for values in secrets:
             assert values[key].encode() not in archive_bytes
+
+
+def test_only_missing_layers_are_sent_when_the_engine_has_some(harness, release, build_engine, target_engine, tmp_path) -> None:
+    """The engine holds one stand-in (and so the shared busybox base): the load leaves those layers out."""
+    from installer.archive import read_header
+    from installer.engine import chain_ids
+
+    harness.reset_target()
+    header, _, _ = read_header(release["archive"])
+    postgres = next(i for i in header.images if f"{REGISTRY}/postgres:{TAG}" in i.targets)
+    saved = b"".join(build_engine.api.get_image(postgres.id))
+    list(target_engine.api.load_image(saved))
+    present_chains = set(chain_ids(postgres.diff_ids))
+    expected_layers = {
+        d for image in header.images if image.id != postgres.id
+        for d, chain in zip(image.diff_ids, chain_ids(image.diff_ids)) if chain not in present_chains
+    }
+    result = airgap_install(harness, "install", str(release["archive"]), "--pubkey", str(release["pubkey"]),
+                            "--prefix", str(tmp_path / "site"), "--timeout", "180")
+    total_layers = len({d for image in header.images for d in image.diff_ids})
+    assert f"load: {len(header.images) - 1} image(s), {len(expected_layers)} layer(s)" in result.stderr
+    assert len(expected_layers) < total_layers
+    assert json.loads(airgap_install(harness, "status", "--prefix", str(tmp_path / "site"), "--json").stdout)["healthy"]
+    airgap_install(harness, "down", "--prefix", str(tmp_path / "site"), "--remove-data-volumes")

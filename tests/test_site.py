@@ -1,0 +1,93 @@
+"""Site settings, the release folder pointer and the load plan, without an engine."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from installer.archive import BundleHeader, ImageRecord, MemberRecord, layer_path
+from installer.engine import EngineInventory, chain_ids
+from installer.loader import plan_load
+from installer.site import SiteError, parse_sets, read_env, resolve_env, switch_current, write_env
+
+D = ["sha256:" + c * 64 for c in "abcdef"]
+
+
+def header(**release) -> BundleHeader:
+    images = [
+        ImageRecord(id="sha256:" + "1" * 64, diff_ids=D[:2], targets=["site/a:v1"], platform="linux/amd64"),
+        ImageRecord(id="sha256:" + "2" * 64, diff_ids=D[:2] + [D[2]], targets=["site/b:v1", "b:v1"], platform="linux/amd64"),
+    ]
+    members = [MemberRecord(layer_path(d), d[7:], 1000) for d in D[:3]]
+    release = release or {
+        "variables": {"HTTP_PORT": {"default": "8080", "pattern": "^[0-9]{2,5}$"}, "LDAP_BASE_DN": {"default": "dc=a,dc=b"}},
+        "secrets": {"DB_PASSWORD": {"length": 24, "alphabet": "alnum"}, "KEY": {"length": 64, "alphabet": "hex"}},
+    }
+    return BundleHeader(name="demo", version="v1", tool_version="t", platform="linux/amd64", created="", signer="",
+                        images=images, members=members, release=release)
+
+
+def test_defaults_and_generated_secrets() -> None:
+    env = resolve_env(header(), {}, {})
+    assert env.values["HTTP_PORT"] == "8080" and env.values["LDAP_BASE_DN"] == "dc=a,dc=b"
+    assert len(env.values["DB_PASSWORD"]) == 24 and env.values["DB_PASSWORD"].isalnum()
+    assert len(env.values["KEY"]) == 64 and set(env.values["KEY"]) <= set("0123456789abcdef")
+    assert sorted(env.generated) == ["DB_PASSWORD", "KEY"]
+
+
+def test_existing_secrets_are_kept_and_set_overrides(tmp_path: Path) -> None:
+    first = resolve_env(header(), {}, {})
+    write_env(tmp_path / "site.env", first, header())
+    assert oct((tmp_path / "site.env").stat().st_mode & 0o777) == "0o600"
+    again = resolve_env(header(), read_env(tmp_path / "site.env"), {"HTTP_PORT": "9090"})
+    assert again.values["DB_PASSWORD"] == first.values["DB_PASSWORD"] and not again.generated
+    assert again.values["HTTP_PORT"] == "9090" and again.changed
+    same = resolve_env(header(), read_env(tmp_path / "site.env"), {})
+    assert not same.changed
+
+
+@pytest.mark.parametrize("sets, message", [
+    ({"HTTP_PORT": "80a"}, "HTTP_PORT: '80a' does not match"),
+    ({"NOPE": "1"}, "--set NOPE: not a variable of demo"),
+    ({"LDAP_BASE_DN": "dc=a$(reboot)"}, "LDAP_BASE_DN: the value contains a character"),
+    ({"DB_PASSWORD": "with\nnewline"}, "DB_PASSWORD: the value contains a character"),
+])
+def test_bad_values_are_refused_naming_the_variable(sets, message) -> None:
+    with pytest.raises(SiteError, match=message.replace("$", r"\$").replace("(", r"\(").replace(")", r"\)")):
+        resolve_env(header(), {}, sets)
+
+
+def test_parse_sets_needs_key_equals_value() -> None:
+    assert parse_sets(["A=1", "B_2=x=y"]) == {"A": "1", "B_2": "x=y"}
+    with pytest.raises(SiteError, match="expected KEY=VALUE"):
+        parse_sets(["lower=1"])
+
+
+def test_switch_current_keeps_previous(tmp_path: Path) -> None:
+    one, two = tmp_path / "releases" / "v1", tmp_path / "releases" / "v2"
+    one.mkdir(parents=True)
+    two.mkdir()
+    assert switch_current(tmp_path, one) is None
+    assert switch_current(tmp_path, two) == one.resolve()
+    assert os.readlink(tmp_path / "current") == "releases/v2" and os.readlink(tmp_path / "previous") == "releases/v1"
+
+
+def test_load_plan_skips_present_images_and_chains() -> None:
+    h = header()
+    nothing = EngineInventory(image_ids=set(), chains=set(), tags={})
+    full = plan_load(h, nothing)
+    assert len(full.images) == 2 and full.layers == {layer_path(d) for d in D[:3]}
+    base_present = EngineInventory(image_ids={h.images[0].id}, chains=set(chain_ids(D[:2])), tags={})
+    thin = plan_load(h, base_present)
+    assert [i.id for i in thin.images] == [h.images[1].id] and thin.layers == {layer_path(D[2])}
+    assert thin.layer_bytes == 1000
+    every_blob = plan_load(h, base_present, send_every_layer=True)
+    assert every_blob.layers == {layer_path(d) for d in D[:3]}
+
+
+def test_same_diff_id_on_another_chain_is_not_present() -> None:
+    h = header()
+    # the engine has layer D[1] but on top of another base: its chain differs, so it must be sent
+    other = EngineInventory(image_ids=set(), chains=set(chain_ids([D[5], D[1]])), tags={})
+    assert layer_path(D[1]) in plan_load(h, other).layers
