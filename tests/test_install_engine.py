@@ -269,3 +269,15 @@ def test_only_missing_layers_are_sent_when_the_engine_has_some(harness, release,
     assert len(expected_layers) < total_layers
     assert json.loads(airgap_install(harness, "status", "--prefix", str(tmp_path / "site"), "--json").stdout)["healthy"]
     airgap_install(harness, "down", "--prefix", str(tmp_path / "site"), "--remove-data-volumes")
+
+
+def test_timeout_names_the_unready_services_with_health_output_and_logs(harness, release, tmp_path) -> None:
+    harness.reset_target()
+    result = airgap_install(harness, "install", str(release["archive"]), "--pubkey", str(release["pubkey"]),
+                            "--prefix", str(tmp_path / "site"), "--timeout", "3", check=False)
+    assert result.returncode == 3, result.stderr
+    assert "the stack did not become healthy" in result.stderr
+    unready = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+    assert unready and "last log lines:" in result.stderr
+    assert any(line.startswith("  - nginx: ") for line in unready)
+    airgap_install(harness, "down", "--prefix", str(tmp_path / "site"), "--remove-data-volumes")
