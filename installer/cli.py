@@ -16,7 +16,7 @@ from .archive import VerificationError, verify_archive
 from .archive.reader import ArchiveFormatError
 from .compose import ComposeError, ComposeProject, find_compose
 from .health import service_states, wait_until_ready
-from .install import InstallError, InstallOptions, install, preflight, prefix_lock
+from .install import InstallError, InstallOptions, install, preflight, prefix_lock, rollback
 from .signing import KeyFileError
 from .site import ENV_FILE, SiteError, active_release, parse_sets, read_release_header
 from .trust import SYSTEM_TRUST_DIR, trusted_keys
@@ -92,18 +92,43 @@ def compose_option(command: Callable) -> Callable:
                         help="Force a compose CLI (default: v2 plugin if present, else docker-compose v1).")(command)
 
 
+def install_options(command: Callable) -> Callable:
+    for decorator in reversed([
+        click.argument("archive", type=click.Path(dir_okay=False, path_type=Path)),
+        pubkey_option,
+        prefix_option,
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a site variable (or secret); repeatable."),
+        click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for the stack to be healthy."),
+        click.option("--allow-downgrade", is_flag=True, help="Install a release older than the active one (compared by signed version)."),
+        click.option("--insecure-skip-signature", "allow_untrusted", is_flag=True,
+                     help="DANGER: accept an unsigned archive or one signed by an unknown key (digests are still checked)."),
+        compose_option,
+    ]):
+        command = decorator(command)
+    return command
+
+
+def _run_install(archive: Path, pubkeys, prefix, sets, timeout, allow_downgrade, allow_untrusted, compose_preference,
+                 require_existing: bool) -> None:
+    if allow_untrusted:
+        say("WARNING: --insecure-skip-signature: the archive's origin will NOT be checked")
+    options = InstallOptions(archive=archive, keys=trusted_keys(pubkeys), prefix=prefix, sets=parse_sets(sets), timeout=timeout,
+                             allow_untrusted=allow_untrusted, compose_preference=compose_preference,
+                             allow_downgrade=allow_downgrade, require_existing=require_existing)
+    if not options.keys and not allow_untrusted:
+        raise InstallError(f"no trusted public key: pass --pubkey FILE, or put the release key in {SYSTEM_TRUST_DIR}")
+    result = install(options, say)
+    say(f"installed {result.release.name} in {result.prefix} in {result.seconds:.1f}s "
+        f"({len(result.loaded_images)} image name(s) loaded, {result.loaded_layer_bytes / 1e6:.1f} MB of layers)")
+    for name, url in result.endpoints:
+        click.echo(f"{name}: {url}")
+
+
 @main.command("install")
-@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
-@pubkey_option
-@prefix_option
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a site variable (or secret); repeatable.")
-@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for the stack to be healthy.")
-@click.option("--insecure-skip-signature", "allow_untrusted", is_flag=True,
-              help="DANGER: accept an unsigned archive or one signed by an unknown key (digests are still checked).")
-@compose_option
+@install_options
 @friendly_errors
-def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeout: float, allow_untrusted: bool,
-                    compose_preference: Optional[str]) -> None:
+def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeout: float, allow_downgrade: bool,
+                    allow_untrusted: bool, compose_preference: Optional[str]) -> None:
     """Check the host, verify the archive, load what is missing, write the site config, start, wait until healthy.
 
     \b
@@ -114,19 +139,37 @@ def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeou
       4. tag every name the stack uses (aliases, runtime names) from the loaded image IDs
       5. write PREFIX/releases/<version>, PREFIX/current and PREFIX/site.env (0600, secrets generated here)
       6. compose up without pulling; wait for health checks and one-shot services; print the endpoints
-    Installing the same archive again changes nothing.
+    Installing the same archive again changes nothing. Installing a newer release is an upgrade
+    (see 'upgrade'); an older one is refused without --allow-downgrade.
     """
-    if allow_untrusted:
-        say("WARNING: --insecure-skip-signature: the archive's origin will NOT be checked")
-    options = InstallOptions(archive=archive, keys=trusted_keys(pubkeys), prefix=prefix, sets=parse_sets(sets),
-                             timeout=timeout, allow_untrusted=allow_untrusted, compose_preference=compose_preference)
-    if not options.keys and not allow_untrusted:
-        raise InstallError(f"no trusted public key: pass --pubkey FILE, or put the release key in {SYSTEM_TRUST_DIR}")
-    result = install(options, say)
-    say(f"installed {result.release.name} in {result.prefix} in {result.seconds:.1f}s "
-        f"({len(result.loaded_images)} image name(s) loaded, {result.loaded_layer_bytes / 1e6:.1f} MB of layers)")
-    for name, url in result.endpoints:
-        click.echo(f"{name}: {url}")
+    _run_install(archive, pubkeys, prefix, sets, timeout, allow_downgrade, allow_untrusted, compose_preference, False)
+
+
+@main.command("upgrade")
+@install_options
+@friendly_errors
+def upgrade_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeout: float, allow_downgrade: bool,
+                    allow_untrusted: bool, compose_preference: Optional[str]) -> None:
+    """Move an installed site to a newer release (a full or a delta archive); roll back if it fails.
+
+    Same steps as 'install', on a host that has a release: only missing layers are loaded, the
+    active release is switched atomically, compose recreates what changed, and if the new
+    release does not become healthy the previous one is switched back and brought up, and
+    the command says so (exit 3). Data volumes are kept throughout.
+    """
+    _run_install(archive, pubkeys, prefix, sets, timeout, allow_downgrade, allow_untrusted, compose_preference, True)
+
+
+@main.command("rollback")
+@prefix_option
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for the stack to be healthy.")
+@compose_option
+@friendly_errors
+def rollback_command(prefix: Optional[Path], timeout: float, compose_preference: Optional[str]) -> None:
+    """Go back one release (the one active before this one) and wait until it is healthy. Data volumes are kept."""
+    prefix = prefix or _default_prefix()
+    target = rollback(prefix, compose_preference, timeout, say)
+    say(f"rolled back to {target.name}; it is healthy")
 
 
 @main.command("preflight")

@@ -23,17 +23,24 @@ from . import engine as engine_ops
 from .archive import BundleHeader, VerificationError, read_header, verify_archive
 from .compose import ComposeError, ComposeProject
 from .health import ServiceState, last_log_lines, wait_until_ready
-from .loader import docker_archive_stream, missing_layers_in_archive
+from .loader import docker_archive_stream, missing_members_in_archive
 from .preflight import PreflightReport, run_preflight
 from .site import (
     ENV_FILE,
     SiteError,
+    activate,
+    active_release,
+    last_healthy,
+    mark_healthy,
     read_env,
+    read_release_header,
     resolve_env,
-    switch_current,
+    rollback_target,
+    step_back,
     write_env,
     write_release,
 )
+from .versions import compare
 
 Say = Callable[[str], None]
 
@@ -58,6 +65,8 @@ class InstallOptions:
     timeout: float = 600.0
     allow_untrusted: bool = False
     compose_preference: Optional[str] = None
+    allow_downgrade: bool = False
+    require_existing: bool = False
 
 
 @dataclass
@@ -138,15 +147,17 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
         for warning in verified.warnings:
             say(f"WARNING: {warning}")
         say(f"  ok: {header.name} {header.version} signed by {verified.signer or 'NOBODY (override in force)'}")
+        check_version_order(prefix, header, options)
         client = engine_ops.connect()
         plan = report.load_plan
         assert plan is not None and report.compose is not None
-        absent = missing_layers_in_archive(header, plan)
+        absent = missing_members_in_archive(header, plan)
         if absent:
             base = (header.base or {}).get("version", "an earlier release")
             raise InstallError(
                 f"this archive is a delta built against {header.name} {base}, and the engine lacks {len(absent)} of the "
-                f"layers it leaves out; install {base} first (or use the full archive). Nothing was changed."
+                f"images or layers it leaves out; install {base} first (or use the full archive). Nothing was changed.",
+                absent[:10],
             )
         loaded: list[str] = []
         if plan.empty:
@@ -167,13 +178,86 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
             write_env(prefix / ENV_FILE, env, header)
         if env.generated:
             say(f"site: generated {len(env.generated)} secret(s) in {prefix / ENV_FILE} (mode 0600)")
-        switch_current(prefix, release)
+        fallback = last_healthy(prefix)
+        activate(prefix, release)
         project = ComposeProject(report.compose, header.release.get("project", header.name), release, prefix / ENV_FILE)
-        states = bring_up(client, project, header, options.timeout, say)
+        try:
+            states = bring_up(client, project, header, options.timeout, say)
+        except InstallError as failure:
+            if fallback is None or fallback.name == release.name:
+                raise
+            roll_back_after_failure(client, prefix, project, fallback, failure, options.timeout, say)
+            raise  # roll_back_after_failure always raises
+        mark_healthy(prefix, release)
         endpoints = resolve_endpoints(header, env.values)
         return InstallResult(prefix=prefix, release=release, loaded_images=loaded, loaded_layer_bytes=plan.layer_bytes,
                              tagged=tagged, generated_secrets=env.generated, states=states, endpoints=endpoints,
                              seconds=time.monotonic() - started)
+
+
+def check_version_order(prefix: Path, header: BundleHeader, options: InstallOptions) -> None:
+    """Refuse a downgrade (by the signed version) and a bundle of another application."""
+    current = active_release(prefix)
+    if current is None:
+        if options.require_existing:
+            raise InstallError(f"nothing is installed in {prefix}; use 'airgap-install install' for a first install")
+        return
+    active = read_release_header(current)
+    if active.name != header.name:
+        raise InstallError(f"{prefix} holds {active.name}, this archive is {header.name}; use another --prefix")
+    order = compare(header.version, active.version)
+    if options.allow_downgrade or order in (0, 1):
+        return
+    if order is None:
+        raise InstallError(f"cannot tell whether {header.version} is newer than the active {active.version}; "
+                           "pass --allow-downgrade to install it anyway")
+    raise InstallError(f"refusing to downgrade {header.name} from {active.version} to {header.version} "
+                       "(versions from the signed headers); use 'airgap-install rollback', or pass --allow-downgrade")
+
+
+def roll_back_after_failure(client: docker.DockerClient, prefix: Path, project: ComposeProject, fallback: Path,
+                            failure: InstallError, timeout: float, say: Say) -> None:
+    """Return to ``fallback`` after a failed upgrade, bring it up, and raise saying what happened."""
+    say(f"ROLLBACK: {project.directory.name} did not become healthy; switching back to {fallback.name}")
+    old_header = read_release_header(fallback)
+    step_back(prefix, fallback)
+    old_project = ComposeProject(project.cli, project.name, fallback, project.env_file)
+    try:
+        bring_up(client, old_project, old_header, timeout, say)
+    except InstallError as second:
+        raise InstallError(
+            f"upgrade to {project.directory.name} failed, and the rollback to {fallback.name} did not become healthy either",
+            failure.details + second.details, exit_code=4,
+        ) from None
+    raise InstallError(
+        f"upgrade to {project.directory.name} failed ({failure}); rolled back automatically to {fallback.name}, "
+        "which is healthy", failure.details, exit_code=3,
+    )
+
+
+def rollback(prefix: Path, compose_preference: Optional[str], timeout: float, say: Say) -> Path:
+    """Go back one release: activate the previous one in the history and bring it up healthy."""
+    from .compose import find_compose
+
+    with prefix_lock(prefix):
+        current = active_release(prefix)
+        if current is None:
+            raise InstallError(f"nothing is installed in {prefix}")
+        target = rollback_target(prefix)
+        if target is None:
+            raise InstallError(f"no earlier release to roll back to in {prefix} (history: {current.name} only)")
+        header = read_release_header(target)
+        client = engine_ops.connect()
+        missing = [t for image in header.images for t in image.targets if engine_ops.image_id_of(client, t) is None]
+        if missing:
+            raise InstallError(f"{target.name}'s images are no longer on this host; install its archive instead", missing)
+        say(f"rollback: {current.name} -> {target.name}")
+        step_back(prefix, target)
+        project = ComposeProject(find_compose(compose_preference), header.release.get("project", header.name), target,
+                                 prefix / ENV_FILE)
+        bring_up(client, project, header, timeout, say)
+        mark_healthy(prefix, target)
+        return target
 
 
 def fill_in_names(client: docker.DockerClient, header: BundleHeader, say: Say) -> list[str]:

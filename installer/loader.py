@@ -59,10 +59,11 @@ def plan_load(header: BundleHeader, engine: EngineInventory, *, send_every_layer
     return plan
 
 
-def missing_layers_in_archive(header: BundleHeader, plan: LoadPlan) -> list[str]:
-    """Layers the load needs that the archive does not carry (a delta built against another base)."""
+def missing_members_in_archive(header: BundleHeader, plan: LoadPlan) -> list[str]:
+    """Configs and layers the load needs that the archive does not carry (a delta built against another base)."""
     names = {member.path for member in header.members}
-    return sorted(path for path in plan.layers if path not in names)
+    needed = {config_path(image.id) for image in plan.images} | plan.layers
+    return sorted(path for path in needed if path not in names)
 
 
 def docker_archive_stream(

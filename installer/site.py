@@ -4,6 +4,8 @@
     PREFIX/current -> releases/<version>
     PREFIX/previous -> releases/<older version>   (after an upgrade)
     PREFIX/site.env              variables and secrets (mode 0600), kept across installs
+    PREFIX/history               versions activated, oldest first; rollback pops the last
+    PREFIX/last-healthy          the version last seen healthy (where a failed upgrade returns)
 
 Every write goes to a temporary name first and is renamed into place.
 """
@@ -23,6 +25,8 @@ ENV_FILE = "site.env"
 RELEASES = "releases"
 CURRENT = "current"
 PREVIOUS = "previous"
+HISTORY = "history"
+LAST_HEALTHY = "last-healthy"
 ALPHABETS = {
     "alnum": "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
     "hex": "0123456789abcdef",
@@ -179,6 +183,66 @@ def switch_current(prefix: Path, release: Path) -> Optional[Path]:
         _atomic_symlink(prefix / PREVIOUS, os.path.relpath(old, prefix))
     _atomic_symlink(prefix / CURRENT, os.path.relpath(release, prefix))
     return old
+
+
+def read_history(prefix: Path) -> list[str]:
+    """Versions activated on this site, oldest first."""
+    path = prefix / HISTORY
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def write_history(prefix: Path, versions: list[str]) -> None:
+    """Replace the history atomically."""
+    _atomic_write(prefix / HISTORY, "".join(f"{v}\n" for v in versions).encode(), mode=0o644)
+
+
+def activate(prefix: Path, release: Path) -> Optional[Path]:
+    """Make ``release`` the active one and record it in the history; return the one it replaced."""
+    old = switch_current(prefix, release)
+    history = read_history(prefix)
+    if not history or history[-1] != release.name:
+        write_history(prefix, history + [release.name])
+    return old
+
+
+def rollback_target(prefix: Path) -> Optional[Path]:
+    """The release before the active one in the history, if its folder is still there."""
+    history = read_history(prefix)
+    current = active_release(prefix)
+    if current is None:
+        return None
+    while history and history[-1] == current.name:
+        history = history[:-1]
+    for version in reversed(history):
+        candidate = prefix / RELEASES / version
+        if candidate.is_dir() and candidate.name != current.name:
+            return candidate
+    return None
+
+
+def step_back(prefix: Path, target: Path) -> None:
+    """Activate ``target`` and drop every history entry after it (a rollback)."""
+    history = read_history(prefix)
+    while history and history[-1] != target.name:
+        history.pop()
+    switch_current(prefix, target)
+    write_history(prefix, history or [target.name])
+
+
+def mark_healthy(prefix: Path, release: Path) -> None:
+    """Record ``release`` as the last one seen healthy (the automatic rollback goes back to it)."""
+    path = prefix / LAST_HEALTHY
+    if not path.exists() or path.read_text().strip() != release.name:
+        _atomic_write(path, f"{release.name}\n".encode(), mode=0o644)
+
+
+def last_healthy(prefix: Path) -> Optional[Path]:
+    """The release folder last seen healthy, if it still exists."""
+    path = prefix / LAST_HEALTHY
+    if not path.exists():
+        return None
+    candidate = prefix / RELEASES / path.read_text().strip()
+    return candidate if candidate.is_dir() else None
 
 
 def read_release_header(release: Path) -> BundleHeader:
