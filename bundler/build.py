@@ -8,12 +8,13 @@ from typing import Optional
 
 import docker
 
+from installer.archive import VerificationError, read_header
 from installer.signing import load_private_key
 
 from . import engine
 from .compose import render_compose
 from .engine import EngineError, ImageFacts
-from .export import collect_images, write_bundle
+from .export import BaseRelease, collect_images, write_bundle
 from .lockfile import Lockfile, LockfileError, default_lock_path, lock_from_plan, manifest_digest, read_lock, write_lock
 from .manifest import ReleaseManifest, load_manifest
 from .plan import Plan, PlanEntry, make_plan
@@ -40,6 +41,7 @@ class BuildRequest:
     lock_path: Optional[Path] = None
     use_lock: bool = True
     level: int = 3
+    since: Optional[Path] = None
 
 
 def resolve(
@@ -84,6 +86,7 @@ def build(request: BuildRequest, reporter: Reporter) -> Path:
     _check_sources(manifest, request.source_dir)
     lock_path = request.lock_path or default_lock_path(request.manifest_path)
     lock = _usable_lock(lock_path, request, platform, reporter) if request.use_lock else None
+    base = load_base(request.since, manifest.name) if request.since else None
     reporter.line(f"bundle {manifest.name} {plan.tag} for {platform}: {len(plan.entries)} image names")
 
     facts: dict[str, ImageFacts] = {}
@@ -100,11 +103,40 @@ def build(request: BuildRequest, reporter: Reporter) -> Path:
 
     images = collect_images(plan, facts)
     output = Path(request.output_dir) / f"{manifest.name}-{plan.tag}.tar.zst"
+    if base is not None:
+        reporter.line(f"delta against {base.name} {base.version}: leaving out {len(base.image_ids)} image(s) and their layers")
     archive = write_bundle(client=client, plan=plan, images=images, compose=compose, private_key=private_key,
-                           output=output, reporter=reporter, level=request.level)
-    write_lock(lock_from_plan(plan), lock_path)
+                           output=output, reporter=reporter, level=request.level, base=base)
+    lock = lock_from_plan(plan)
+    lock.release = {"name": manifest.name, "version": plan.tag,
+                    "images": [{"id": r.id, "diff_ids": r.diff_ids} for r in images.records]}
+    write_lock(lock, lock_path)
     reporter.line(f"wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB); lockfile {lock_path}")
     return archive
+
+
+def load_base(path: Path, name: str) -> BaseRelease:
+    """The release a delta is built against, from its archive or the lockfile its build wrote."""
+    path = Path(path)
+    if not path.is_file():
+        raise BuildError(f"--since {path}: no such file; give the previous release's archive or lockfile")
+    if path.name.endswith(".tar.zst"):
+        try:
+            header, _, _ = read_header(path)
+        except VerificationError as exc:
+            raise BuildError(f"--since {path}: {exc}") from None
+        images = [(image.id, image.diff_ids) for image in header.images]
+        base_name, version = header.name, header.version
+    else:
+        lock = read_lock(path)
+        if not lock.release:
+            raise BuildError(f"--since {path}: this lockfile records no built release (it was written by 'resolve'); "
+                             "use the lockfile written by 'build', or the previous archive")
+        images = [(item["id"], list(item["diff_ids"])) for item in lock.release["images"]]
+        base_name, version = lock.release["name"], lock.release["version"]
+    if base_name != name:
+        raise BuildError(f"--since {path}: that is a release of {base_name}, not {name}")
+    return BaseRelease.from_images(base_name, version, images)
 
 
 def _pull(client, entry: PlanEntry, platform: str, lock: Optional[Lockfile], reporter: Reporter) -> ImageFacts:

@@ -7,6 +7,7 @@ every shared layer once and nothing of the images is copied to disk first.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import docker
+import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from installer import __version__ as tool_version
@@ -23,11 +25,13 @@ from installer.archive import (
     ArchiveWriter,
     BundleHeader,
     ImageRecord,
+    MemberRecord,
     config_path,
     digest_hex,
     layer_path,
     release_path,
 )
+from installer.engine import chain_ids
 from installer.signing import fingerprint, sign
 
 from .compose import RenderedCompose
@@ -77,6 +81,39 @@ def docker_load_manifest(records: list[ImageRecord]) -> bytes:
     return json.dumps(entries, indent=1).encode() + b"\n"
 
 
+@dataclass
+class BaseRelease:
+    """The release a delta archive is built against: what the site already holds."""
+
+    name: str
+    version: str
+    image_ids: set[str]
+    chains: set[str]
+
+    @classmethod
+    def from_images(cls, name: str, version: str, images: list[tuple[str, list[str]]]) -> "BaseRelease":
+        """From (image ID, diffIDs) pairs."""
+        chains = {chain for _, diff_ids in images for chain in chain_ids(diff_ids)}
+        return cls(name=name, version=version, image_ids={image_id for image_id, _ in images}, chains=chains)
+
+
+@dataclass
+class ArchiveContent:
+    """What goes into the archive: images whose config is shipped and the layer diffIDs shipped."""
+
+    images: list[ImageRecord]
+    layers: set[str]
+
+
+def choose_content(images: BundleImages, base: Optional[BaseRelease]) -> ArchiveContent:
+    """Everything for a full archive; for a delta, only images and layer chains the base lacks."""
+    if base is None:
+        return ArchiveContent(images=list(images.records), layers={d for r in images.records for d in r.diff_ids})
+    shipped = [r for r in images.records if r.id not in base.image_ids]
+    layers = {d for r in shipped for d, chain in zip(r.diff_ids, chain_ids(r.diff_ids)) if chain not in base.chains}
+    return ArchiveContent(images=shipped, layers=layers)
+
+
 def write_bundle(
     *,
     client: docker.DockerClient,
@@ -87,33 +124,55 @@ def write_bundle(
     output: Path,
     reporter: Reporter,
     level: int = 3,
+    base: Optional[BaseRelease] = None,
 ) -> Path:
-    """Stream everything into ``output`` and sign it; return the archive path."""
+    """Stream everything into ``output`` and sign it; return the archive path.
+
+    With ``base``, the archive is a delta: it leaves out the images and layer
+    chains the base release has, and says so in its header.
+    """
     manifest = plan.manifest
-    unique_layers = {d for r in images.records for d in r.diff_ids}
-    members_expected = 1 + len(images.records) + len(unique_layers) + 1 + len(compose.files)
-    reserve = 64 * 1024 + 1024 * members_expected + 512 * sum(len(r.targets) + len(r.sources) for r in images.records)
-    with ArchiveWriter(output, header_reserve=reserve, level=level) as writer:
-        writer.add_bytes(IMAGES_MANIFEST, docker_load_manifest(images.records))
-        _stream_images(client, writer, images, unique_layers, reporter)
-        writer.add_bytes(release_path(COMPOSE_FILE), compose.text.encode())
-        files_dir = manifest.compose_files
-        for relative in compose.files:
-            assert files_dir is not None
-            writer.add_file(release_path(relative), files_dir / relative.split("/", 1)[1])
-        header = BundleHeader(
-            name=manifest.name,
-            version=plan.tag,
-            tool_version=tool_version,
-            platform=plan.platform,
+    content = choose_content(images, base)
+    release_files = [(release_path(COMPOSE_FILE), len(compose.text.encode()))] + [
+        (release_path(f), (manifest.compose_files / f.split("/", 1)[1]).stat().st_size) for f in compose.files
+    ]
+
+    def make_header(members: list[MemberRecord]) -> BundleHeader:
+        return BundleHeader(
+            name=manifest.name, version=plan.tag, tool_version=tool_version, platform=plan.platform,
             created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            signer=fingerprint(private_key.public_key()),
-            images=images.records,
-            members=list(writer.members),
+            signer=fingerprint(private_key.public_key()), images=images.records, members=members,
             release=release_info(plan, compose),
+            base={"name": base.name, "version": base.version} if base else None,
         )
-        data = header.to_bytes()
+
+    provisional = make_header(_provisional_members(content, release_files))
+    reserve = header_room(provisional.to_bytes(), level)
+    with ArchiveWriter(output, header_reserve=reserve, level=level) as writer:
+        writer.add_bytes(IMAGES_MANIFEST, docker_load_manifest(content.images))
+        if content.images:
+            _stream_images(client, writer, BundleImages(images.facts, content.images), content.layers, reporter)
+        writer.add_bytes(release_path(COMPOSE_FILE), compose.text.encode())
+        for relative in compose.files:
+            assert manifest.compose_files is not None
+            writer.add_file(release_path(relative), manifest.compose_files / relative.split("/", 1)[1])
+        data = make_header(list(writer.members)).to_bytes()
         return writer.finish(data, sign(private_key, data))
+
+
+def _provisional_members(content: ArchiveContent, release_files: list[tuple[str, int]]) -> list[MemberRecord]:
+    """Members as they will be, with stand-in digests of the same entropy and maximal sizes."""
+    def fake(path: str) -> MemberRecord:
+        return MemberRecord(path=path, sha256=hashlib.sha256(path.encode()).hexdigest(), size=10**13)
+
+    paths = [IMAGES_MANIFEST] + [config_path(r.id) for r in content.images] + [layer_path(d) for d in sorted(content.layers)]
+    return [fake(p) for p in paths] + [fake(p) for p, _ in release_files]
+
+
+def header_room(provisional_header: bytes, level: int) -> int:
+    """Bytes to reserve for the signed header: its compressed size with a margin."""
+    compressed = len(zstandard.ZstdCompressor(level=level).compress(provisional_header + b"\0" * 2048))
+    return compressed + compressed // 4 + 4096
 
 
 def release_info(plan: Plan, compose: RenderedCompose) -> dict:
@@ -143,18 +202,20 @@ def release_info(plan: Plan, compose: RenderedCompose) -> dict:
 
 
 def _stream_images(
-    client: docker.DockerClient, writer: ArchiveWriter, images: BundleImages, unique_layers: set[str], reporter: Reporter
+    client: docker.DockerClient, writer: ArchiveWriter, images: BundleImages, layers: set[str], reporter: Reporter
 ) -> None:
+    """Save ``images`` from the engine into the archive, keeping only the configs and the ``layers`` asked for."""
     config_ids = {digest_hex(r.id) for r in images.records}
-    layer_hexes = {digest_hex(d) for d in unique_layers}
+    layer_hexes = {digest_hex(d) for d in layers}
+    every_layer = {digest_hex(d) for r in images.records for d in r.diff_ids}
     written_layers: set[str] = set()
     written_configs: set[str] = set()
     total = len(config_ids) + len(layer_hexes)
 
     def layer_name(sha: str) -> Optional[str]:
-        if sha not in layer_hexes:
+        if sha not in every_layer:
             raise EngineError(f"the engine exported a layer (sha256:{sha[:12]}) that none of the images lists")
-        if sha in written_layers:
+        if sha in written_layers or sha not in layer_hexes:
             return None
         written_layers.add(sha)
         return layer_path(sha)

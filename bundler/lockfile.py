@@ -33,6 +33,7 @@ class Lockfile:
     platform: str
     images: dict[str, LockedImage] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    release: Optional[dict] = None
 
     def to_json(self) -> str:
         """Deterministic JSON text."""
@@ -44,6 +45,8 @@ class Lockfile:
             "images": {ref: {"digest": i.digest, "image_id": i.image_id} for ref, i in sorted(self.images.items())},
             "sources": dict(sorted(self.sources.items())),
         }
+        if self.release:
+            data["release"] = self.release
         return json.dumps(data, indent=2) + "\n"
 
 
@@ -84,6 +87,7 @@ def read_lock(path: Path) -> Lockfile:
             platform=str(data["platform"]),
             images={ref: LockedImage(digest=v.get("digest"), image_id=v.get("image_id")) for ref, v in data["images"].items()},
             sources={str(k): str(v) for k, v in data.get("sources", {}).items()},
+            release=data.get("release"),
         )
     except FileNotFoundError:
         raise LockfileError(f"{path}: no such lockfile") from None
