@@ -235,3 +235,27 @@ def test_private_key_is_written_0600(tmp_path: Path) -> None:
     private, public, fp = generate_keypair(tmp_path / "k" / "site.key")
     assert (private.stat().st_mode & 0o777) == 0o600
     assert fp == fingerprint(load_public_key(public))
+
+
+def test_split_archive_reads_back_and_names_a_missing_or_damaged_part(tmp_path: Path, keypair) -> None:
+    from installer.archive.parts import split_archive
+
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    write_bundle(archive, private)
+    whole = archive.read_bytes()
+    index = split_archive(archive, 20_000)
+    parts = sorted(tmp_path.glob("demo-v1.tar.zst.part[0-9]*"))
+    assert len(parts) >= 2 and not archive.exists()
+    assert b"".join(p.read_bytes() for p in parts) == whole
+    assert all(p.stat().st_size <= 20_000 for p in parts)
+    for given in (parts[0], tmp_path, index):
+        assert verify_archive(given, [public]).header.name == "demo"
+    damaged = bytearray(parts[1].read_bytes())
+    damaged[-1] ^= 0xFF
+    parts[1].write_bytes(bytes(damaged))
+    with pytest.raises(VerificationError, match=r"part 2 of \d+ \(demo-v1.tar.zst.part002\) is damaged"):
+        verify_archive(parts[0], [public])
+    parts[1].unlink()
+    with pytest.raises(VerificationError, match=r"part 2 of \d+ \(demo-v1.tar.zst.part002\) is missing"):
+        verify_archive(tmp_path, [public])

@@ -15,6 +15,7 @@ from typing import BinaryIO, Iterator, Optional
 import zstandard
 
 from .layout import BLOCK, CHUNK, HEADER_NAME, SIGNATURE_NAME, check_member_name, padding_for
+from .parts import PartsError, PartsReader, find_index
 
 
 class ArchiveFormatError(Exception):
@@ -67,7 +68,12 @@ class ArchiveReader:
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
-            self._file: BinaryIO = open(self.path, "rb")
+            index = find_index(self.path)
+            self._file: BinaryIO = PartsReader(index) if index else open(self.path, "rb")  # type: ignore[assignment]
+        except PartsError as exc:
+            raise ArchiveFormatError(str(exc)) from None
+        except IsADirectoryError:
+            raise ArchiveFormatError(f"{self.path}: a folder, but it holds no split archive") from None
         except FileNotFoundError:
             raise ArchiveFormatError(f"{self.path}: no such file") from None
         except OSError as exc:

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..signing import find_signer, fingerprint
 from .header import BundleHeader, HeaderError
 from .layout import IMAGES_MANIFEST, config_path, layer_path
+from .parts import PartsError, check_parts, find_index
 from .reader import ArchiveFormatError, ArchiveReader
 
 ProgressCallback = Callable[[int], None]
@@ -98,6 +99,12 @@ def verify_archive(
     written anywhere.
     """
     path = Path(path)
+    try:
+        index = find_index(path)
+        if index is not None:
+            check_parts(index, digests=True)
+    except PartsError as exc:
+        raise VerificationError(f"{path}: {exc}") from None
     header, signer = check_signature(path, keys, allow_untrusted=allow_untrusted)
     problems = _structure_problems(header)
     expected = {member.path: member for member in header.members}
