@@ -94,7 +94,7 @@ def compose_option(command: Callable) -> Callable:
 
 def install_options(command: Callable) -> Callable:
     for decorator in reversed([
-        click.argument("archive", type=click.Path(dir_okay=False, path_type=Path)),
+        click.argument("archive", type=click.Path(path_type=Path)),
         pubkey_option,
         prefix_option,
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a site variable (or secret); repeatable."),
@@ -173,7 +173,7 @@ def rollback_command(prefix: Optional[Path], timeout: float, compose_preference:
 
 
 @main.command("preflight")
-@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("archive", type=click.Path(path_type=Path))
 @prefix_option
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Site variable as install would use it.")
 @compose_option
@@ -187,7 +187,7 @@ def preflight_command(archive: Path, prefix: Optional[Path], sets, compose_prefe
 
 
 @main.command("verify")
-@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("archive", type=click.Path(path_type=Path))
 @pubkey_option
 @friendly_errors
 def verify_command(archive: Path, pubkeys: tuple[Path, ...]) -> None:
