@@ -1,0 +1,688 @@
+"""The offline installer kit: everything an air-gapped host needs to install ``airgap-install``.
+
+``build_kit`` writes ``OUTPUT/airgap-install-kit-VERSION/``::
+
+    wheels/      this project's wheel, every runtime dependency for each Python
+                 version x platform asked for, and a pip wheel (the host needs
+                 neither pip nor venv/ensurepip: install.sh runs pip from its wheel)
+    install.sh   POSIX sh: checks SHA256SUMS, finds python3, installs into
+                 PREFIX/lib with no index, writes PREFIX/bin/airgap-install
+    README.txt   how to use it
+    SHA256SUMS   sha256 of every other file, in ``sha256sum -c`` format
+
+Wheels come from a cache folder first, with pip told to use no index, so a
+second kit needs no network. Only when the cache cannot satisfy a Python
+version x platform does pip ask the package index (with the user's pip
+configuration) and add what it downloads to the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from .progress import Reporter
+
+DIST_NAME = "airgap-compose"
+KIT_NAME = "airgap-install-kit"
+DEFAULT_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
+DEFAULT_PLATFORMS = ("manylinux2014_x86_64",)
+DEFAULT_PREFIX = "/opt/airgap-install"
+
+# Never copied when building the project's wheel from its source tree (at any depth; at the
+# top only files, Python packages and src/ are copied anyway: see _source_ignore).
+_SOURCE_JUNK = shutil.ignore_patterns("*.egg-info", "__pycache__", "*.pyc")
+# What pip prints when it could not reach an index (as opposed to: the index has no such wheel).
+_NETWORK_TROUBLE = re.compile(
+    r"NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution|"
+    r"Name or service not known|Network is unreachable|Connection refused|ConnectTimeout|ReadTimeout|"
+    r"ProxyError|SSLError|connection error|Could not fetch URL|No route to host",
+    re.IGNORECASE,
+)
+_NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
+_WRONG_PYTHON = re.compile(r"Package '([^']+)' requires a different Python: (\S+) not in '([^']+)'")
+
+
+class KitError(Exception):
+    """The kit could not be built; the message says what is missing and what to do."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One Python version x platform the kit carries wheels for."""
+
+    python: str  # "3.11"
+    platform: str  # "manylinux2014_x86_64"
+
+    @property
+    def abi(self) -> str:
+        return "cp" + self.python.replace(".", "")
+
+    def tag_args(self) -> list[str]:
+        """pip's options for this target (with --only-binary=:all:, which they require).
+        --abi cp3X also admits abi3 wheels (cryptography's cp3Y-abi3, Y <= X) and pure-python
+        ones (py3-none-any): pip derives those tags from the version."""
+        return ["--python-version", self.python, "--platform", self.platform, "--implementation", "cp",
+                "--abi", self.abi]
+
+    def __str__(self) -> str:
+        return f"Python {self.python} / {self.platform}"
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/airgap-bundle/wheels``, else ``~/.cache/airgap-bundle/wheels``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "airgap-bundle" / "wheels"
+
+
+def project_root() -> Path:
+    """The source tree this copy of the bundler runs from (it must hold pyproject.toml)."""
+    import bundler
+
+    root = Path(bundler.__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        raise KitError(
+            f"the kit is built from the project's source tree, but {root} (where the bundler is installed) "
+            "has no pyproject.toml; install the bundler from a checkout (pip install -e .) and try again"
+        )
+    return root
+
+
+def build_kit(
+    output_dir: Path,
+    *,
+    python_versions: Sequence[str] = DEFAULT_PYTHONS,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    cache_dir: Path | None = None,
+    reporter: Reporter | None = None,
+    refresh: bool = False,
+) -> Path:
+    """Write ``OUTPUT/airgap-install-kit-VERSION/`` and return its path.
+
+    ``refresh`` asks the package index for newer releases even when the cache
+    could satisfy every target. A kit of the same version already in OUTPUT is
+    replaced only once the new one is complete.
+    """
+    from installer import __version__
+
+    reporter = reporter or Reporter(quiet=True)
+    targets = _targets(python_versions, platforms)
+    cache = Path(cache_dir or default_cache_dir()).expanduser().resolve()
+    output_dir = Path(output_dir).expanduser().resolve()
+    root = project_root()
+    final = output_dir / f"{KIT_NAME}-{__version__}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=output_dir))
+    try:
+        kit = work / final.name
+        wheels = kit / "wheels"
+        wheels.mkdir(parents=True)
+        scratch = work / "scratch"
+
+        with reporter.task(f"project wheel from {root}"):
+            project_wheel = _build_project_wheel(root, cache / "build", scratch / "project", refresh)
+        dist = metadata.PathDistribution(zipfile.Path(project_wheel, at=_dist_info(project_wheel) + "/"))
+        with zipfile.ZipFile(project_wheel) as archive:
+            if "installer/cli.py" not in archive.namelist():
+                raise KitError(f"the project's wheel {project_wheel.name} built from {root} has no installer/cli.py")
+        if dist.version != __version__:
+            raise KitError(
+                f"{root / 'pyproject.toml'} says version {dist.version} but installer.__version__ is {__version__}; "
+                "make them agree before building a kit"
+            )
+        requires_python = (dist.metadata.get_all("Requires-Python") or [None])[0]
+        _check_requires_python(requires_python, targets)
+        requirements = dist.requires or []
+
+        with reporter.task("pip wheel (install.sh runs pip from it)"):
+            # pip is pure Python: one wheel, the newest that still runs on the oldest target
+            oldest = min(targets, key=lambda t: tuple(int(p) for p in t.python.split(".")))
+            pip_wheel = _resolve_into(["pip"], oldest, cache, wheels, scratch / "pip", refresh, no_deps=True)[0]
+
+        with reporter.task(f"dependency wheels for {len(targets)} Python version x platform", total=len(targets)) as task:
+            _resolve_all(f"{DIST_NAME}=={dist.version}", requirements, targets, cache, project_wheel.parent,
+                                 wheels, scratch, refresh, task)
+        shutil.rmtree(scratch)
+
+        with reporter.task("check wheels, write install.sh, README.txt, SHA256SUMS"):
+            _check_wheels(sorted(wheels.iterdir()), cache)
+            min_python = _min_python(requires_python) or oldest.python
+            _write_text(kit / "install.sh", _install_script(__version__, targets, pip_wheel.name, min_python), 0o755)
+            _write_text(kit / "README.txt", _readme(__version__, targets, min_python))
+            _write_sums(kit)
+        total = sum(f.stat().st_size for f in kit.rglob("*") if f.is_file())
+        reporter.line(f"kit: {final} ({sum(1 for _ in wheels.iterdir())} wheels, {total / 1e6:.1f} MB)")
+
+        _replace(kit, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def _targets(python_versions: Iterable[str], platforms: Iterable[str]) -> list[Target]:
+    versions = list(dict.fromkeys(python_versions))
+    plats = list(dict.fromkeys(platforms))
+    if not versions or not plats:
+        raise KitError("a kit needs at least one --python version and one --platform")
+    for version in versions:
+        if not re.fullmatch(r"3\.\d{1,2}", version):
+            raise KitError(f"python version {version!r}: give MAJOR.MINOR of CPython 3, e.g. 3.11")
+    for plat in plats:
+        if not re.fullmatch(r"[a-z0-9_]+", plat):
+            raise KitError(f"platform {plat!r}: give a wheel platform tag, e.g. manylinux2014_x86_64 or manylinux2014_aarch64")
+    return [Target(v, p) for v in versions for p in plats]
+
+
+def _run_pip(args: Sequence[str], *, offline: bool) -> subprocess.CompletedProcess:
+    """Run this interpreter's pip. Offline: no index and no pip configuration at all (only the
+    folders named with --find-links count); online: the user's pip configuration, as usual."""
+    env = dict(os.environ)
+    command, *rest = args
+    # no version check (it would ask the index), never wait for a prompt
+    options = ["--disable-pip-version-check", "--no-input"]
+    if offline:
+        env["PIP_CONFIG_FILE"] = os.devnull
+        options += ["--isolated", "--no-index"]
+    return subprocess.run([sys.executable, "-m", "pip", command, *options, *rest], env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+
+
+def _pip_failure(result: subprocess.CompletedProcess, lines: int = 6) -> str:
+    errors = [line.strip() for line in result.stdout.splitlines() if line.startswith("ERROR")]
+    return "; ".join(errors[-lines:]) or result.stdout.strip()[-800:]
+
+
+def _build_project_wheel(root: Path, build_cache: Path, out: Path, refresh: bool) -> Path:
+    """Build this project's wheel from a clean copy of its source tree (a build in the tree
+    itself would leave build/ behind, whose stale modules a later wheel could pick up).
+    The build backend (pyproject's build-system.requires) is installed from the cache."""
+    source = out / "source"
+    shutil.copytree(root, source, ignore=_source_ignore(root))
+    wheel_dir = out / "wheel"
+    build_cache.mkdir(parents=True, exist_ok=True)
+
+    def build() -> subprocess.CompletedProcess:
+        shutil.rmtree(wheel_dir, ignore_errors=True)
+        return _run_pip(["wheel", "--no-deps", "--find-links", str(build_cache), "-w", str(wheel_dir), str(source)],
+                        offline=True)
+
+    result = build() if not refresh else None
+    if result is None or result.returncode != 0:
+        needs = _build_requires(root)
+        fetched = _download_to_cache(needs, [], build_cache)
+        if fetched.returncode != 0:
+            first = result if result is not None else fetched
+            raise KitError(
+                f"cannot build the project's wheel: the build backend ({', '.join(needs)}) is not in {build_cache} "
+                f"and the package index could not provide it ({_describe_online_failure(fetched)}); "
+                f"pip said: {_pip_failure(first)}"
+            )
+        result = build()
+        if result.returncode != 0:
+            raise KitError(f"building the project's wheel from {root} failed: {_pip_failure(result)}")
+    built = sorted(wheel_dir.glob("*.whl"))
+    if len(built) != 1:
+        raise KitError(f"building the project's wheel from {root} gave {len(built)} wheels, expected one")
+    return built[0]
+
+
+def _source_ignore(root: Path):
+    """Skip junk, and the kit output or anything else large that happens to sit in the tree:
+    at the top, keep small files, Python packages (folders with __init__.py) and src/ only."""
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = set(_SOURCE_JUNK(folder, names))
+        if Path(folder) == root:
+            for name in names:
+                path = root / name
+                package = (path / "__init__.py").is_file() or name == "src"
+                if ((path.is_dir() and not package) or name.startswith(".")
+                        or (path.is_file() and path.stat().st_size > 1_000_000)):
+                    skipped.add(name)
+        return skipped
+
+    return ignore
+
+
+def _build_requires(root: Path) -> list[str]:
+    try:
+        import tomllib  # type: ignore[import-not-found]
+    except ImportError:  # Python < 3.11
+        from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
+    with open(root / "pyproject.toml", "rb") as handle:
+        system = tomllib.load(handle).get("build-system", {})
+    requires = list(system.get("requires", ["setuptools>=40.8.0"]))
+    # setuptools before 70.1 builds wheels through the separate 'wheel' package
+    if any(r.strip().lower().startswith("setuptools") for r in requires) and not any(
+            r.strip().lower().startswith("wheel") for r in requires):
+        requires.append("wheel")
+    return requires
+
+
+def _download_to_cache(requirements: Sequence[str], target_args: Sequence[str], cache: Path) -> subprocess.CompletedProcess:
+    """Ask the package index (user's pip configuration) and add the wheels to the cache.
+    Downloads land in a scratch folder first and are moved in whole, so the cache never
+    holds a half-written wheel."""
+    landing = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+    # pip retries each URL 5 times with backoff (~8 s), for every project it looks up: with
+    # no network at all that is minutes before the error. Two retries, unless PIP_RETRIES says.
+    retries = [] if "PIP_RETRIES" in os.environ else ["--retries", "2"]
+    try:
+        result = _run_pip(["download", "--only-binary=:all:", *retries, *target_args, "-d", str(landing),
+                           *requirements], offline=False)
+        for wheel in landing.glob("*.whl"):
+            if not (cache / wheel.name).exists():
+                os.replace(wheel, cache / wheel.name)
+        return result
+    finally:
+        shutil.rmtree(landing, ignore_errors=True)
+
+
+def _resolve_offline(requirements: Sequence[str], target: Target, find_links: Sequence[Path], dest: Path,
+                     no_deps: bool = False) -> subprocess.CompletedProcess:
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    links = [arg for folder in find_links for arg in ("--find-links", str(folder))]
+    return _run_pip(["download", "--only-binary=:all:", *target.tag_args(), *(["--no-deps"] if no_deps else []), *links,
+                     "-d", str(dest), *requirements], offline=True)
+
+
+def _resolve_into(requirements: Sequence[str], target: Target, cache: Path, wheels: Path, scratch: Path,
+                  refresh: bool, *, no_deps: bool = False, online_requirements: Sequence[str] | None = None,
+                  extra_links: Sequence[Path] = ()) -> list[Path]:
+    """Resolve ``requirements`` for ``target`` from the cache (asking the index only when the
+    cache falls short, or on ``refresh``) and put the wheels into ``wheels``."""
+    links = [cache, *extra_links]
+    dest = scratch / "resolved"
+    result = None if refresh else _resolve_offline(requirements, target, links, dest, no_deps)
+    if result is None or result.returncode != 0:
+        fetched = _download_to_cache(online_requirements or requirements,
+                                     target.tag_args() + (["--no-deps"] if no_deps else []), cache)
+        if fetched.returncode != 0:
+            raise KitError(_missing_message(result, fetched, target, cache))
+        result = _resolve_offline(requirements, target, links, dest, no_deps)
+        if result.returncode != 0:
+            raise KitError(f"{target}: the cache {cache} still cannot satisfy {', '.join(requirements)} after a "
+                           f"download: {_pip_failure(result)}")
+    resolved = sorted(dest.glob("*.whl"))
+    for wheel in resolved:
+        if not (wheels / wheel.name).exists():
+            shutil.copy2(wheel, wheels / wheel.name)
+    return resolved
+
+
+def _resolve_all(project: str, requirements: Sequence[str], targets: Sequence[Target], cache: Path,
+                 project_wheels: Path, wheels: Path, scratch: Path, refresh: bool, task) -> None:
+    """Every target's wheels: first all of them from the cache at once (pip is mostly CPU
+    here), then one by one with the index for the targets the cache could not satisfy."""
+    done = 0
+
+    def offline(index_target) -> tuple[Target, Path, subprocess.CompletedProcess]:
+        index, target = index_target
+        dest = scratch / f"target-{index}" / "resolved"
+        return target, dest, _resolve_offline([project], target, [cache, project_wheels], dest)
+
+    pending = list(enumerate(targets))
+    if not refresh:
+        with ThreadPoolExecutor(max_workers=max(1, min(len(targets), os.cpu_count() or 1))) as pool:
+            results = list(pool.map(offline, pending))
+        pending = []
+        for index, (target, dest, result) in enumerate(results):
+            if result.returncode == 0:
+                for wheel in dest.glob("*.whl"):
+                    if not (wheels / wheel.name).exists():
+                        shutil.copy2(wheel, wheels / wheel.name)
+                done += 1
+                task.step(done, len(targets), "from the cache")
+            else:
+                pending.append((index, target))
+    for index, target in pending:
+        _resolve_into([project], target, cache, wheels, scratch / f"target-{index}", refresh,
+                      online_requirements=list(requirements), extra_links=[project_wheels])
+        done += 1
+        task.step(done, len(targets), "with the index")
+
+
+def _missing_message(offline: subprocess.CompletedProcess | None, online: subprocess.CompletedProcess,
+                     target: Target, cache: Path) -> str:
+    wrong_python = _WRONG_PYTHON.search((offline.stdout if offline else "") + online.stdout)
+    if wrong_python:
+        name, version, spec = wrong_python.groups()
+        return f"{target}: {name} requires Python {spec}, so no kit for Python {version}; drop --python {target.python}"
+    missing = _NO_MATCH.search(offline.stdout) if offline else None
+    if _NETWORK_TROUBLE.search(online.stdout):
+        what = f"a wheel of {missing.group(1)}" if missing else "some wheels"
+        return (f"{target}: the cache {cache} lacks {what} and the package index cannot be reached "
+                f"({_describe_online_failure(online)}); build once on a machine with network access, "
+                f"or copy a warm cache to {cache}")
+    unavailable = _NO_MATCH.search(online.stdout)
+    if unavailable:
+        return (f"{target}: the package index has no wheel of {unavailable.group(1)} for this Python version and "
+                f"platform (a kit carries wheels only, nothing is compiled on the site); "
+                f"choose other --python/--platform values. pip said: {_pip_failure(online)}")
+    return f"{target}: pip could not download the wheels: {_pip_failure(online)}"
+
+
+def _describe_online_failure(result: subprocess.CompletedProcess) -> str:
+    match = _NETWORK_TROUBLE.search(result.stdout)
+    return f"network error: {match.group(0)}" if match else _pip_failure(result, 2)
+
+
+def _dist_info(wheel: Path) -> str:
+    with zipfile.ZipFile(wheel) as archive:
+        names = {name.split("/", 1)[0] for name in archive.namelist() if name.endswith(".dist-info/METADATA")}
+    if len(names) != 1:
+        raise KitError(f"{wheel.name}: expected one .dist-info/METADATA in the wheel, found {len(names)}")
+    return names.pop()
+
+
+def _min_python(requires_python: str | None) -> str | None:
+    match = re.search(r">=\s*(3\.\d+)", requires_python or "")
+    return match.group(1) if match else None
+
+
+def _check_requires_python(requires_python: str | None, targets: Sequence[Target]) -> None:
+    minimum = _min_python(requires_python)
+    if not minimum:
+        return
+    floor = tuple(int(p) for p in minimum.split("."))
+    too_old = sorted({t.python for t in targets if tuple(int(p) for p in t.python.split(".")) < floor})
+    if too_old:
+        raise KitError(f"{DIST_NAME} requires Python {requires_python}; drop --python {' '.join(too_old)}")
+
+
+def _check_wheels(wheels: Sequence[Path], cache: Path) -> None:
+    """Every wheel must be a sound zip (a damaged cache file would otherwise fail on the site)."""
+    for wheel in wheels:
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                bad = archive.testzip()
+        except zipfile.BadZipFile:
+            bad = "(not a zip file)"
+        if bad:
+            (cache / wheel.name).unlink(missing_ok=True)
+            raise KitError(f"{wheel.name} in the cache {cache} is damaged ({bad}); removed it from the cache, "
+                           "build the kit again to download it anew")
+
+
+def _write_text(path: Path, text: str, mode: int = 0o644) -> None:
+    path.write_text(text, encoding="utf-8", newline="\n")
+    path.chmod(mode)
+
+
+def _write_sums(kit: Path) -> None:
+    lines = []
+    for path in sorted(p for p in kit.rglob("*") if p.is_file() and p.name != "SHA256SUMS"):
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        lines.append(f"{digest.hexdigest()}  {path.relative_to(kit).as_posix()}\n")
+    _write_text(kit / "SHA256SUMS", "".join(lines))
+
+
+def _replace(new: Path, final: Path) -> None:
+    """Put the finished kit in place; an older kit of that name goes only after that succeeded."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _readme(version: str, targets: Sequence[Target], min_python: str) -> str:
+    pythons = " ".join(dict.fromkeys(t.python for t in targets))
+    plats = " ".join(dict.fromkeys(t.platform for t in targets))
+    return (
+        f"Offline installer kit for airgap-install {version}: needs only python3 ({pythons}; >= {min_python}) "
+        f"on {plats}, no network, no pip, no venv.\n"
+        f"Install, as root: sh install.sh [--prefix DIR (default {DEFAULT_PREFIX})] [--no-link]  "
+        "(checks SHA256SUMS first; running it again replaces the install; sh install.sh --help for more).\n"
+        "Then run: airgap-install --help  (or PREFIX/bin/airgap-install when /usr/local/bin was not writable "
+        "or --no-link was given).\n"
+    )
+
+
+def _install_script(version: str, targets: Sequence[Target], pip_wheel: str, min_python: str) -> str:
+    pythons = " ".join(dict.fromkeys(t.python for t in targets))
+    plats = " ".join(dict.fromkeys(t.platform for t in targets))
+    values = {
+        "@VERSION@": version, "@PYTHONS@": pythons, "@PLATFORMS@": plats, "@PIP_WHEEL@": pip_wheel,
+        "@MIN_PYTHON@": min_python, "@DIST@": DIST_NAME, "@PREFIX@": DEFAULT_PREFIX,
+    }
+    script = INSTALL_SH
+    for key, value in values.items():
+        if "'" in value:
+            raise KitError(f"{key.strip('@').lower()} {value!r} cannot go into install.sh")
+        script = script.replace(key, value)
+    return script
+
+
+INSTALL_SH = r"""#!/bin/sh
+# Offline installer of airgap-install @VERSION@, written by 'airgap-bundle kit'.
+# Needs python3 and nothing else: no network, no pip, no venv. POSIX sh.
+# Usage: sh install.sh [--prefix DIR] [--no-link] [--link-dir DIR]   (sh install.sh --help)
+set -eu
+umask 022   # a system-wide install: readable by every user
+
+KIT_VERSION='@VERSION@'
+KIT_PYTHONS='@PYTHONS@'
+KIT_PLATFORMS='@PLATFORMS@'
+KIT_PIP_WHEEL='@PIP_WHEEL@'
+MIN_PYTHON='@MIN_PYTHON@'
+DIST='@DIST@'
+
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+say() { printf 'install.sh: %s\n' "$*"; }
+
+usage() {
+  cat <<EOF
+Usage: sh install.sh [--prefix DIR] [--no-link] [--link-dir DIR]
+
+Install airgap-install $KIT_VERSION from this kit, with no network.
+  --prefix DIR     install into DIR/lib, with the command DIR/bin/airgap-install
+                   (default: @PREFIX@)
+  --no-link        do not link the command into the link folder
+  --link-dir DIR   where to link the command (default: /usr/local/bin, when writable)
+  -h, --help       this text
+
+The kit's SHA256SUMS is checked first. Python: \$PYTHON if set, else the first of
+python3, python3.X ... on PATH that the kit has wheels for (Python $KIT_PYTHONS,
+$KIT_PLATFORMS). Running it again replaces the previous install.
+EOF
+}
+
+prefix='@PREFIX@'
+link=yes
+link_dir=/usr/local/bin
+while [ $# -gt 0 ]; do
+  case $1 in
+    --prefix) [ $# -ge 2 ] || die "--prefix needs a folder"; prefix=$2; shift 2 ;;
+    --prefix=*) prefix=${1#--prefix=}; shift ;;
+    --no-link) link=no; shift ;;
+    --link-dir) [ $# -ge 2 ] || die "--link-dir needs a folder"; link_dir=$2; shift 2 ;;
+    --link-dir=*) link_dir=${1#--link-dir=}; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+[ -n "$prefix" ] || die "--prefix is empty"
+case $prefix in
+  *"'"*|*'"'*|*\\*|*'$'*|*'`'*) die "--prefix $prefix: quotes, backslashes, \$ and backticks are not supported in the path" ;;
+esac
+here=$(pwd)
+case $prefix in /*) ;; *) prefix="$here/$prefix" ;; esac
+case $link_dir in /*) ;; *) link_dir="$here/$link_dir" ;; esac
+
+case $0 in */*) kit=${0%/*} ;; *) kit=. ;; esac
+kit=$(cd "$kit" && pwd -P) || die "cannot find the kit's folder"
+cd "$kit"
+[ -f SHA256SUMS ] || die "SHA256SUMS is missing from $kit: the kit is incomplete; copy the whole folder again"
+[ -f "wheels/$KIT_PIP_WHEEL" ] || die "wheels/$KIT_PIP_WHEEL is missing from $kit: the kit is incomplete; copy the whole folder again"
+
+# ---- the host: architecture and a Python the kit has wheels for ---------------------------
+arch=$(uname -m)
+case " $KIT_PLATFORMS " in
+  *"_$arch "*) ;;
+  *) die "this host is $arch, but the kit has wheels for $KIT_PLATFORMS only; build a kit for it: airgap-bundle kit --platform manylinux2014_$arch" ;;
+esac
+
+py_version() {
+  _v=$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || return 1
+  case $_v in [0-9]*.[0-9]*) printf '%s\n' "$_v" ;; *) return 1 ;; esac
+}
+too_old() {
+  _maj=${1%%.*}; _min=${1#*.}; _rmaj=${MIN_PYTHON%%.*}; _rmin=${MIN_PYTHON#*.}
+  if [ "$_maj" -lt "$_rmaj" ]; then return 0; fi
+  if [ "$_maj" -eq "$_rmaj" ] && [ "$_min" -lt "$_rmin" ]; then return 0; fi
+  return 1
+}
+in_kit() {
+  case " $KIT_PYTHONS " in *" $1 "*) return 0 ;; esac
+  return 1
+}
+
+python=
+pyver=
+if [ -n "${PYTHON:-}" ]; then
+  command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON: no such program"
+  pyver=$(py_version "$PYTHON") || die "PYTHON=$PYTHON does not run as Python"
+  if too_old "$pyver"; then
+    die "PYTHON=$PYTHON is Python $pyver, too old: airgap-install needs Python >= $MIN_PYTHON"
+  fi
+  in_kit "$pyver" || die "PYTHON=$PYTHON is Python $pyver, but the kit has wheels for Python $KIT_PYTHONS only; build a kit for it: airgap-bundle kit --python $pyver"
+  python=$PYTHON
+else
+  newest_first=
+  for v in $KIT_PYTHONS; do newest_first="python$v $newest_first"; done
+  found=
+  found_versions=
+  for cand in python3 $newest_first; do
+    command -v "$cand" >/dev/null 2>&1 || continue
+    v=$(py_version "$cand") || continue
+    found="$found $cand ($v)"
+    found_versions="$found_versions $v"
+    if ! too_old "$v" && in_kit "$v"; then python=$cand; pyver=$v; break; fi
+  done
+  if [ -z "$python" ]; then
+    [ -n "$found" ] || die "no python3 found on PATH; install Python >= $MIN_PYTHON (the distribution's python3 package) or set PYTHON=/path/to/python3"
+    all_too_old=yes
+    for v in $found_versions; do
+      too_old "$v" || all_too_old=no
+    done
+    if [ "$all_too_old" = yes ]; then
+      die "python too old: found$found; airgap-install needs Python >= $MIN_PYTHON (e.g. RHEL 8: dnf install python39; then run this again, or set PYTHON=/usr/bin/python3.9)"
+    fi
+    die "no Python the kit has wheels for: found$found, the kit has Python $KIT_PYTHONS; set PYTHON=/path/to/python3.X, or build a kit for yours: airgap-bundle kit --python X.Y"
+  fi
+fi
+python=$("$python" -c 'import sys; print(sys.executable)') || die "cannot run $python"
+[ -n "$python" ] || die "$python does not tell its own path (sys.executable is empty)"
+case $python in *"'"*) die "$python: a quote in the interpreter's path is not supported" ;; esac
+
+# ---- the kit's integrity ------------------------------------------------------------------
+for f in wheels/*; do
+  awk -v f="$f" '$2 == f { found = 1 } END { exit !found }' SHA256SUMS \
+    || die "SHA256SUMS check failed: $f is not listed in SHA256SUMS (something was added to the kit); copy the kit again"
+done
+if command -v sha256sum >/dev/null 2>&1; then
+  if ! report=$(sha256sum -c SHA256SUMS 2>&1); then
+    die "SHA256SUMS check failed, the kit is damaged or was changed; copy it again. $(printf '%s\n' "$report" | grep -v ': OK$' | tr '\n' ' ')"
+  fi
+else
+  report=$("$python" -c '
+import hashlib, sys
+bad = []
+for line in open("SHA256SUMS"):
+    if not line.strip():
+        continue
+    digest, name = line.rstrip("\n").split(None, 1)
+    name = name.lstrip("*")
+    try:
+        with open(name, "rb") as handle:
+            actual = hashlib.sha256(handle.read()).hexdigest()
+    except OSError as exc:
+        actual = "unreadable (%s)" % exc.strerror
+    if actual != digest:
+        bad.append(name + ": FAILED")
+print(" ".join(bad))
+sys.exit(1 if bad else 0)
+' 2>&1) || die "SHA256SUMS check failed, the kit is damaged or was changed; copy it again. $report"
+fi
+say "kit checked against SHA256SUMS; Python $pyver ($python)"
+
+# ---- install: pip from the kit's own wheel, no index, into a fresh folder, then swap ------
+mkdir -p "$prefix" || die "cannot create $prefix"
+prefix=$(cd "$prefix" && pwd -P)
+marker="$prefix/.airgap-install-kit"
+if [ -e "$prefix/lib" ] && [ ! -f "$marker" ]; then
+  die "$prefix/lib exists and was not installed by this kit; choose another --prefix (default @PREFIX@)"
+fi
+stage="$prefix/.lib.new"
+log="$prefix/.install.log"
+rm -rf "$stage" "$prefix/.lib.old"
+say "installing $DIST $KIT_VERSION into $prefix/lib (pip from the kit, no index)"
+# No pip configuration of this host counts (PIP_CONFIG_FILE, --isolated), nor PYTHONPATH (-E, -s).
+if ! PIP_CONFIG_FILE=/dev/null "$python" -E -s "$kit/wheels/$KIT_PIP_WHEEL/pip" install --isolated --no-index \
+     --find-links "$kit/wheels" --no-cache-dir --disable-pip-version-check --no-input --no-warn-script-location \
+     --target "$stage" "$DIST==$KIT_VERSION" >"$log" 2>&1; then
+  rm -rf "$stage"
+  missing=$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "$log" | head -n 1)
+  if [ -n "$missing" ]; then
+    die "the kit has no wheel of $missing for Python $pyver on this host ($arch; the kit was built for Python $KIT_PYTHONS on $KIT_PLATFORMS); build a kit that has it (airgap-bundle kit --python $pyver), or set PYTHON to another Python. pip's log: $log"
+  fi
+  tail -n 15 "$log" >&2
+  die "pip could not install $DIST from the kit; pip's log: $log"
+fi
+rm -rf "${stage:?}/bin"   # pip's console scripts; the launcher below is the command
+printf '%s\n' "$KIT_VERSION" >"$marker"
+if [ -d "$prefix/lib" ]; then mv "$prefix/lib" "$prefix/.lib.old"; fi
+mv "$stage" "$prefix/lib"
+rm -rf "$prefix/.lib.old"
+
+# The launcher: this Python, the kit's packages first. The current folder is taken off
+# sys.path, so a folder named 'installer' where the command runs cannot shadow the package.
+mkdir -p "$prefix/bin"
+cat >"$prefix/bin/.airgap-install.new" <<EOF
+#!/bin/sh
+# airgap-install $KIT_VERSION, installed from the offline kit (run its install.sh again to replace).
+PYTHONPATH='$prefix/lib'
+export PYTHONPATH
+exec '$python' -s -c 'import sys; sys.path[:] = [p for p in sys.path if p not in ("", ".")]; from installer.cli import main; sys.argv[0] = "airgap-install"; main(prog_name="airgap-install")' "\$@"
+EOF
+chmod 755 "$prefix/bin/.airgap-install.new"
+mv "$prefix/bin/.airgap-install.new" "$prefix/bin/airgap-install"
+if ! check=$("$prefix/bin/airgap-install" --version 2>&1); then
+  die "installed into $prefix, but '$prefix/bin/airgap-install --version' fails: $(printf '%s\n' "$check" | tail -n 3 | tr '\n' ' ')"
+fi
+
+command_name="$prefix/bin/airgap-install"
+if [ "$link" = yes ]; then
+  target="$link_dir/airgap-install"
+  if [ ! -d "$link_dir" ] || [ ! -w "$link_dir" ]; then
+    say "note: $link_dir is missing or not writable, no link made; run $prefix/bin/airgap-install or add $prefix/bin to PATH"
+  elif [ -e "$target" ] && [ ! -L "$target" ]; then
+    say "note: $target exists and is not a link, left alone; run $prefix/bin/airgap-install"
+  else
+    rm -f "$target"
+    ln -s "$prefix/bin/airgap-install" "$target"
+    command_name=airgap-install
+    say "linked $target -> $prefix/bin/airgap-install"
+  fi
+fi
+say "installed airgap-install $KIT_VERSION into $prefix (Python $pyver); try: $command_name --help"
+"""
