@@ -210,5 +210,56 @@ def verify_command(archive: Path, pubkeys: tuple[Path, ...]) -> None:
                f"{header.total_size() / 1e6:.1f} MB checked")
 
 
+@main.command("kit")
+@click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"),
+              show_default=True, help="Folder for airgap-install-kit-VERSION/ (a kit of that version there is replaced).")
+@click.option("--python", "python_versions", multiple=True, metavar="X.Y",
+              help="CPython version of the site hosts; repeatable. Default: 3.9 3.10 3.11 3.12 3.13.")
+@click.option("--platform", "platforms", multiple=True, metavar="TAG",
+              help="Wheel platform tag of the site hosts; repeatable. Default: manylinux2014_x86_64 "
+                   "(glibc >= 2.17 on x86_64; e.g. manylinux2014_aarch64 for ARM).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where downloaded wheels are kept for the next kit. Default: ~/.cache/airgap-bundle/wheels.")
+@click.option("--refresh", is_flag=True, help="Ask the package index for newer releases even when the cache has every wheel.")
+@click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
+@friendly_errors
+def kit_command(output_dir: Path, python_versions: tuple[str, ...], platforms: tuple[str, ...], cache_dir: Optional[Path],
+                refresh: bool, plain: bool) -> None:
+    """Write the offline installer kit that installs airgap-install on an air-gapped host.
+
+    \b
+    On this machine (network to the package index, or a warm cache):
+      airgap-bundle kit -o dist
+      airgap-bundle kit -o dist --python 3.9 --python 3.11 --platform manylinux2014_aarch64
+    \b
+    On the site (python3 >= 3.9 only: no network, no pip, no venv), as root:
+      sh airgap-install-kit-VERSION/install.sh [--prefix /opt/airgap-install] [--no-link]
+      airgap-install --help
+
+    The kit holds wheels/ (this project, every runtime dependency for each
+    --python x --platform, and pip itself), install.sh, README.txt and
+    SHA256SUMS, which install.sh checks before anything else. install.sh
+    runs pip from the kit's own pip wheel with no index, installs into
+    PREFIX/lib, writes the command PREFIX/bin/airgap-install and links it
+    into /usr/local/bin; running it again replaces the install.
+
+    Wheels are taken from --cache-dir when it has them, so a second kit
+    needs no network and takes seconds; the index is asked only for what
+    the cache lacks (or for everything with --refresh). Prints the kit's path.
+    """
+    from .kit import KitError, build_kit
+
+    try:
+        kit = build_kit(
+            output_dir, cache_dir=cache_dir, reporter=Reporter(force_plain=plain), refresh=refresh,
+            **({"python_versions": python_versions} if python_versions else {}),
+            **({"platforms": platforms} if platforms else {}),
+        )
+    except KitError as exc:
+        click.echo(f"airgap-bundle: error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(str(kit))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
