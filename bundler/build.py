@@ -103,6 +103,8 @@ def build(request: BuildRequest, reporter: Reporter) -> Path:
 
     images = collect_images(plan, facts)
     output = Path(request.output_dir) / f"{manifest.name}-{plan.tag}.tar.zst"
+    for stale in list(output.parent.glob(output.name + ".part[0-9]*")) + [output.with_name(output.name + ".parts.json")]:
+        stale.unlink(missing_ok=True)  # parts of an earlier split of this release would shadow the new archive
     if base is not None:
         reporter.line(f"delta against {base.name} {base.version}: leaving out {len(base.image_ids)} image(s) and their layers")
     archive = write_bundle(client=client, plan=plan, images=images, compose=compose, private_key=private_key,

@@ -10,12 +10,14 @@ from typing import Callable, Optional
 import click
 
 from installer.archive import ArchiveWriteError, VerificationError, read_header, verify_archive
+from installer.archive.parts import parse_size, read_index, split_archive
 from installer.archive.reader import ArchiveFormatError
 from installer.signing import KeyFileError, generate_keypair, load_public_keys
 
 from .build import BuildError, BuildRequest, build, resolve
 from .compose import ComposeError
 from .engine import EngineError, connect
+from .kit import KitError, build_kit
 from .lockfile import LockfileError, default_lock_path, lock_from_plan, write_lock
 from .manifest import ManifestError
 from .plan import NamingCollision
@@ -24,7 +26,7 @@ from .refs import ReferenceError_
 
 EXPECTED_ERRORS = (
     ManifestError, NamingCollision, ComposeError, EngineError, BuildError, KeyFileError, LockfileError,
-    VerificationError, ArchiveWriteError, ArchiveFormatError, ReferenceError_,
+    VerificationError, ArchiveWriteError, ArchiveFormatError, ReferenceError_, KitError,
 )
 
 
@@ -118,10 +120,17 @@ def resolve_command(manifest: Path, registry, tag, platform, with_build_bases, l
               help="Folder for NAME-TAG.tar.zst.")
 @click.option("--no-lock", is_flag=True, help="Ignore the lockfile's pins and pull the newest upstream images.")
 @click.option("--level", type=click.IntRange(1, 19), default=3, show_default=True, help="zstd compression level.")
+@click.option("--since", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a delta against a previous release: its archive, or the lockfile its build wrote. "
+                   "The delta leaves out every layer that release has; the site must have it installed.")
+@click.option("--split", "split_size", metavar="SIZE",
+              help="Write the archive as parts of at most SIZE (e.g. 700M, 4G) with a sha256 index, for removable media.")
+@click.option("--kit/--no-kit", default=True, show_default=True,
+              help="Also write the offline installer kit (airgap-install-kit-VERSION/) beside the archive.")
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @friendly_errors
 def build_command(manifest: Path, registry, tag, platform, with_build_bases, lock_path, source_dir, key_path, output_dir,
-                  no_lock, level, plain) -> None:
+                  no_lock, level, since, split_size, kit, plain) -> None:
     """Pull, build, retag, render the compose config and write one signed archive.
 
     Dependency images are pulled (by digest when the lockfile pins them) for
@@ -130,12 +139,33 @@ def build_command(manifest: Path, registry, tag, platform, with_build_bases, loc
     and args. Every image is tagged with its site name, the production compose
     config is rendered from the template, and the images are streamed from the
     engine straight into OUTPUT/NAME-TAG.tar.zst, signed with --key.
+
+    \b
+    Also written unless asked not to: the offline installer kit (--no-kit).
+    For an upgrade over a slow link: --since PREVIOUS writes a delta holding
+    only the layers the previous release lacks; --split 700M cuts the archive
+    into parts for removable media (install from the first part or the folder).
     """
+    part_size = None
+    if split_size:
+        try:
+            part_size = parse_size(split_size)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--split") from None
+    reporter = Reporter(force_plain=plain)
     request = BuildRequest(
         manifest_path=manifest, source_dir=source_dir, key_path=key_path, output_dir=output_dir, registry=registry,
         tag=tag, platform=platform, with_build_bases=with_build_bases, lock_path=lock_path, use_lock=not no_lock, level=level,
+        since=since,
     )
-    archive = build(request, Reporter(force_plain=plain))
+    archive = build(request, reporter)
+    if part_size:
+        index = split_archive(archive, part_size)
+        parts = read_index(index)
+        reporter.line(f"split into {len(parts)} part(s) of at most {split_size}; index {index}")
+        archive = index.with_name(parts[0].name)
+    if kit:
+        reporter.line(f"offline installer kit: {build_kit(output_dir, reporter=reporter)}")
     click.echo(str(archive))
 
 
@@ -247,17 +277,11 @@ def kit_command(output_dir: Path, python_versions: tuple[str, ...], platforms: t
     needs no network and takes seconds; the index is asked only for what
     the cache lacks (or for everything with --refresh). Prints the kit's path.
     """
-    from .kit import KitError, build_kit
-
-    try:
-        kit = build_kit(
-            output_dir, cache_dir=cache_dir, reporter=Reporter(force_plain=plain), refresh=refresh,
-            **({"python_versions": python_versions} if python_versions else {}),
-            **({"platforms": platforms} if platforms else {}),
-        )
-    except KitError as exc:
-        click.echo(f"airgap-bundle: error: {exc}", err=True)
-        sys.exit(1)
+    kit = build_kit(
+        output_dir, cache_dir=cache_dir, reporter=Reporter(force_plain=plain), refresh=refresh,
+        **({"python_versions": python_versions} if python_versions else {}),
+        **({"platforms": platforms} if platforms else {}),
+    )
     click.echo(str(kit))
 
 

@@ -66,6 +66,8 @@ def test_build_writes_the_named_archive_and_a_lockfile(built) -> None:
     archive, header = built["archive"], built["header"]
     assert archive.name == "aimatrix-v0.3.5.tar.zst" and archive.stat().st_size > 0
     assert not list(built["out"].glob("*.partial"))
+    kit = built["out"] / "airgap-install-kit-0.1.0"
+    assert (kit / "install.sh").is_file() and list((kit / "wheels").glob("airgap_compose-*.whl"))
     assert header.name == "aimatrix" and header.version == TAG and header.platform == "linux/amd64"
     lock = json.loads(built["lock"].read_text())
     assert set(lock["images"]) == {"postgres:15-alpine", "redis:7-alpine", "osixia/openldap:stable", "osixia/phpldapadmin:stable",
@@ -187,7 +189,7 @@ def test_rebuild_from_the_lockfile_pulls_the_same_images(built, keys, harness, t
     out = tmp_path / "again"
     shutil.copy(built["lock"], tmp_path / "lock.json")
     bundle("build", str(MANIFEST), "--registry", REGISTRY, "--tag", TAG, "--source", str(SOURCE_DIR), "--key", str(keys["private"]),
-           "-o", str(out), "--lock", str(tmp_path / "lock.json"), docker_host=harness.build_docker_host)
+           "-o", str(out), "--lock", str(tmp_path / "lock.json"), "--no-kit", docker_host=harness.build_docker_host)
     first, _, _ = read_header(built["archive"])
     second, _, _ = read_header(out / f"aimatrix-{TAG}.tar.zst")
     dependency_ids = lambda header: {t: i.id for i in header.images for t in i.targets if "ai-infra-" not in t}  # noqa: E731
@@ -216,7 +218,7 @@ def _manifest_copy(tmp_path: Path, edit) -> Path:
 def test_image_of_another_platform_is_refused(keys, harness, tmp_path) -> None:
     path = _manifest_copy(tmp_path, lambda raw: raw["dependencies"].append({"ref": FOREIGN_REF}))
     out = tmp_path / "out"
-    result = bundle("build", str(path), "--tag", TAG, "--source", str(SOURCE_DIR), "--key", str(keys["private"]), "-o", str(out),
+    result = bundle("build", str(path), "--tag", TAG, "--source", str(SOURCE_DIR), "--key", str(keys["private"]), "-o", str(out), "--no-kit",
                     "--lock", str(tmp_path / "l.json"), docker_host=harness.build_docker_host, check=False)
     assert result.returncode == 1
     assert f"{FOREIGN_REF} was pulled as linux/arm64, but the bundle is for linux/amd64" in result.stderr
