@@ -46,7 +46,9 @@ def release(harness, tmp_path_factory) -> dict:
     subprocess.run(bundle + ["build", str(MANIFEST), "--registry", REGISTRY, "--tag", TAG, "--source", str(SOURCE_DIR),
                              "--key", str(folder / "release.key"), "-o", str(folder), "--lock", str(folder / "lock.json")],
                    check=True, env=env, capture_output=True, cwd=ROOT)
-    return {"archive": folder / f"aimatrix-{TAG}.tar.zst", "pubkey": folder / "release.pub", "folder": folder}
+    kits = list(folder.glob("airgap-install-kit-*"))
+    assert len(kits) == 1
+    return {"archive": folder / f"aimatrix-{TAG}.tar.zst", "pubkey": folder / "release.pub", "folder": folder, "kit": kits[0]}
 
 
 def engine_snapshot(client) -> dict:
@@ -77,16 +79,22 @@ def tree_snapshot(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def installed(harness, release, tmp_path_factory) -> dict:
-    """A fresh install of v0.3.5 on an empty air-gapped engine (compose v2)."""
+    """On an empty air-gapped engine, with no network: the kit installs airgap-install, which installs v0.3.5 (compose v2)."""
     harness.reset_target()
-    prefix = tmp_path_factory.mktemp("site") / "aimatrix"
-    result = airgap_install(harness, "install", str(release["archive"]), "--pubkey", str(release["pubkey"]),
-                            "--prefix", str(prefix), "--timeout", "180", "--compose", "v2")
-    return {"prefix": prefix, "stdout": result.stdout, "stderr": result.stderr}
+    site = tmp_path_factory.mktemp("site")
+    in_namespace(harness, "sh", str(release["kit"] / "install.sh"), "--prefix", str(site / "tool"), "--no-link")
+    tool = site / "tool" / "bin" / "airgap-install"
+    prefix = site / "aimatrix"
+    result = in_namespace(harness, str(tool), "install", str(release["archive"]), "--pubkey", str(release["pubkey"]),
+                          "--prefix", str(prefix), "--timeout", "180", "--compose", "v2")
+    return {"prefix": prefix, "stdout": result.stdout, "stderr": result.stderr, "tool": tool}
 
 
 def test_fresh_install_is_healthy_and_answers_inside_the_namespace(harness, installed, target_engine) -> None:
     assert "healthy: 14 service(s) up, 1 one-shot(s) done" in installed["stderr"]
+    default_route = in_namespace(harness, "ip", "-4", "route", "show", "default").stdout
+    assert default_route.strip() == "", "the namespace must have no route out"
+    assert "airgap-install, version" in in_namespace(harness, str(installed["tool"]), "--version").stdout
     assert "main entry: http://localhost:8080" in installed["stdout"]
     containers = {c.labels["com.docker.compose.service"]: c for c in target_engine.containers.list(all=True,
                   filters={"label": f"com.docker.compose.project={PROJECT}"})}
