@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# The embedded demo: set up this machine, start the local test engine and the
-# loopback registry (a docker.io mirror holding stand-ins of every upstream
-# image), then bundle the AI-Infra Matrix v0.3.5 stack from the stand-in source
-# tree into dist/aimatrix-v0.3.5.tar.zst, signed with a demo key, and verify it.
-# Needs root (dockerd, network namespaces) and nothing from the internet.
+# The embedded demo, end to end, on this machine alone (root, no internet):
+#  1. set up: Debian's docker.io, compose v1 and v2, registry, busybox, zstd, this package
+#  2. start the harness: a loopback registry acting as docker.io mirror (stand-ins of every
+#     upstream image), a build engine, and an air-gapped target engine in the network
+#     namespace "airgap" (loopback only)
+#  3. connected side: bundle AI-Infra Matrix v0.3.5 from the stand-in source tree into
+#     dist/aimatrix-v0.3.5.tar.zst (signed with a demo key) plus the offline installer kit
+#  4. isolated side, inside the namespace: install airgap-install from the kit, install the
+#     archive into the target engine, wait until healthy, show the status and an endpoint
 set -euo pipefail
 cd "$(dirname "$0")"
+here=$(pwd)
 
 bash scripts/setup.sh
 python3 -m tests.harness up
 eval "$(python3 -m tests.harness env)"
-export DOCKER_HOST="$BUILD_DOCKER_HOST"
 
-bundle() { python3 -m bundler.cli "$@"; }   # the same as the airgap-bundle command
+echo "== connected machine: bundle"
+bundle() { DOCKER_HOST="$BUILD_DOCKER_HOST" python3 -m bundler.cli "$@"; }   # = airgap-bundle
 if [ ! -f dist/demo-keys/release.key ]; then
     bundle keygen -o dist/demo-keys/release.key
 fi
@@ -20,5 +25,16 @@ bundle build manifests/aimatrix.yaml \
     --registry aiharbor.msxf.local/aihpc --tag v0.3.5 \
     --source tests/standin/source \
     --key dist/demo-keys/release.key --lock dist/aimatrix.lock.json -o dist
-bundle verify dist/aimatrix-v0.3.5.tar.zst --pubkey dist/demo-keys/release.pub
 bundle inspect dist/aimatrix-v0.3.5.tar.zst
+
+echo "== isolated host (network namespace $HARNESS_NETNS, loopback only), starting from an empty engine"
+python3 -m tests.harness reset-target
+rm -rf dist/demo-host
+isolated() { nsenter --net="/var/run/netns/$HARNESS_NETNS" env DOCKER_HOST="$TARGET_DOCKER_HOST" "$@"; }
+isolated ip -4 route show default | grep -q . && { echo "the namespace has a route out" >&2; exit 1; }
+isolated sh dist/airgap-install-kit-*/install.sh --prefix "$here/dist/demo-host/airgap-install" --no-link
+install_tool="$here/dist/demo-host/airgap-install/bin/airgap-install"
+isolated "$install_tool" install dist/aimatrix-v0.3.5.tar.zst \
+    --pubkey dist/demo-keys/release.pub --prefix "$here/dist/demo-host/aimatrix"
+isolated "$install_tool" status --prefix "$here/dist/demo-host/aimatrix"
+echo "GET http://127.0.0.1:8080/health inside the namespace: $(isolated wget -qO- http://127.0.0.1:8080/health)"
