@@ -42,6 +42,7 @@ class BuildRequest:
     use_lock: bool = True
     level: int = 3
     since: Optional[Path] = None
+    pull: bool = True
 
 
 def resolve(
@@ -91,7 +92,7 @@ def build(request: BuildRequest, reporter: Reporter) -> Path:
 
     facts: dict[str, ImageFacts] = {}
     for entry in plan.of_kind("dependency", "build-base"):
-        facts_for = _pull(client, entry, platform, lock, reporter)
+        facts_for = _pull(client, entry, platform, lock, reporter) if request.pull else _use_local(client, entry, platform, lock)
         facts[facts_for.id] = facts_for
     for entry in plan.of_kind("source"):
         facts_for = _build_source(client, manifest, entry, request.source_dir, plan, platform, reporter)
@@ -139,6 +140,22 @@ def load_base(path: Path, name: str) -> BaseRelease:
     if base_name != name:
         raise BuildError(f"--since {path}: that is a release of {base_name}, not {name}")
     return BaseRelease.from_images(base_name, version, images)
+
+
+def _use_local(client, entry: PlanEntry, platform: str, lock: Optional[Lockfile]) -> ImageFacts:
+    """--no-pull: take the image the engine already has under the upstream name, checked like a pull."""
+    facts = engine.find_local(client, entry.upstream)
+    if facts is None:
+        raise EngineError(f"{entry.upstream}: not on the engine, and --no-pull forbids pulling it; pull or load it first")
+    if not engine.platform_matches(facts.platform, platform):
+        raise EngineError(f"{entry.upstream} on the engine is {facts.platform}, but the bundle is for {platform}")
+    locked = lock.images.get(entry.upstream) if lock else None
+    if locked and locked.image_id and locked.image_id != facts.id:
+        raise EngineError(f"{entry.upstream}: the engine's image {facts.id[:19]} is not the one the lockfile pins "
+                          f"({locked.image_id[:19]}); pull the locked one, or build with --no-lock")
+    entry.image_id = facts.id
+    entry.digest = (locked.digest if locked else None) or _repo_digest(facts, entry.upstream)
+    return facts
 
 
 def _pull(client, entry: PlanEntry, platform: str, lock: Optional[Lockfile], reporter: Reporter) -> ImageFacts:

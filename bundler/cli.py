@@ -119,6 +119,7 @@ def resolve_command(manifest: Path, registry, tag, platform, with_build_bases, l
 @click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"), show_default=True,
               help="Folder for NAME-TAG.tar.zst.")
 @click.option("--no-lock", is_flag=True, help="Ignore the lockfile's pins and pull the newest upstream images.")
+@click.option("--no-pull", is_flag=True, help="Use the dependency images the engine already has (checked for platform and lock); never pull.")
 @click.option("--level", type=click.IntRange(1, 19), default=3, show_default=True, help="zstd compression level.")
 @click.option("--since", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a delta against a previous release: its archive, or the lockfile its build wrote. "
@@ -130,7 +131,7 @@ def resolve_command(manifest: Path, registry, tag, platform, with_build_bases, l
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @friendly_errors
 def build_command(manifest: Path, registry, tag, platform, with_build_bases, lock_path, source_dir, key_path, output_dir,
-                  no_lock, level, since, split_size, kit, plain) -> None:
+                  no_lock, no_pull, level, since, split_size, kit, plain) -> None:
     """Pull, build, retag, render the compose config and write one signed archive.
 
     Dependency images are pulled (by digest when the lockfile pins them) for
@@ -156,7 +157,7 @@ def build_command(manifest: Path, registry, tag, platform, with_build_bases, loc
     request = BuildRequest(
         manifest_path=manifest, source_dir=source_dir, key_path=key_path, output_dir=output_dir, registry=registry,
         tag=tag, platform=platform, with_build_bases=with_build_bases, lock_path=lock_path, use_lock=not no_lock, level=level,
-        since=since,
+        since=since, pull=not no_pull,
     )
     archive = build(request, reporter)
     if part_size:

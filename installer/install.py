@@ -85,16 +85,26 @@ class InstallResult:
 
 
 @contextmanager
-def prefix_lock(prefix: Path, wait: bool = True) -> Iterator[None]:
-    """Hold an exclusive lock on ``prefix`` (kept outside it, so a refused install leaves it untouched)."""
+def prefix_lock(prefix: Path, wait: bool = True, say: Optional[Say] = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``prefix`` (kept outside it, so a refused install leaves it untouched).
+
+    A second run on the same prefix waits (saying so) or, with ``wait=False``, refuses.
+    The kernel drops the lock when its holder dies, even by SIGKILL.
+    """
     lock_dir = Path("/run/lock") if os.access("/run/lock", os.W_OK) else Path(tempfile.gettempdir())
     key = hashlib.sha256(str(prefix.resolve()).encode()).hexdigest()[:16]
     path = lock_dir / f"airgap-install-{key}.lock"
     with open(path, "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise InstallError(f"another airgap-install is working on {prefix}; wait for it to finish") from None
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            if not wait:
+                raise InstallError(f"another airgap-install (pid {holder}) is working on {prefix}; try again when it ends") from None
+            if say:
+                say(f"waiting: another airgap-install (pid {holder}) is working on {prefix}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -135,9 +145,10 @@ def preflight(options: InstallOptions, say: Say) -> tuple[BundleHeader, Path, Pr
 def install(options: InstallOptions, say: Say) -> InstallResult:
     """Run the whole install; raise InstallError (nothing changed before verification passed)."""
     started = time.monotonic()
-    say(f"preflight: {options.archive}")
-    header, prefix, report, _ = preflight(options, say)
-    with prefix_lock(prefix):
+    prefix = options.prefix or _prefix_from_archive(options.archive)
+    with prefix_lock(prefix, say=say):
+        say(f"preflight: {options.archive}")
+        header, prefix, report, _ = preflight(options, say)
         say("verify: signature, then every member's sha256")
         try:
             verified = verify_archive(options.archive, options.keys, allow_untrusted=options.allow_untrusted)
@@ -193,6 +204,13 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
         return InstallResult(prefix=prefix, release=release, loaded_images=loaded, loaded_layer_bytes=plan.layer_bytes,
                              tagged=tagged, generated_secrets=env.generated, states=states, endpoints=endpoints,
                              seconds=time.monotonic() - started)
+
+
+def _prefix_from_archive(archive: Path) -> Path:
+    try:
+        return Path("/opt") / read_header(archive)[0].name
+    except VerificationError as exc:
+        raise InstallError(str(exc)) from None
 
 
 def check_version_order(prefix: Path, header: BundleHeader, options: InstallOptions) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -85,10 +87,14 @@ def docker_archive_stream(
         for image in plan.images
     ]).encode()
     yield tar_header("manifest.json", len(manifest)) + manifest + padding_for(len(manifest))
+    # Fault-injection hook for the crash-safety tests: stretch the load so a kill lands inside it.
+    delay = float(os.environ.get("AIRGAP_TEST_LOAD_DELAY", "0") or 0)
     with ArchiveReader(archive) as reader:
         for member in reader.members():
             if member.name not in wanted:
                 continue
+            if delay:
+                time.sleep(delay)
             inner = member.name[len(IMAGES_DIR) + 1:]
             yield tar_header(inner, member.size)
             digest = hashlib.sha256()

@@ -248,3 +248,15 @@ def test_unreachable_engine_is_a_clear_error(keys, tmp_path) -> None:
     result = bundle("build", str(MANIFEST), "--source", str(SOURCE_DIR), "--key", str(keys["private"]), "-o", str(tmp_path),
                     docker_host="unix:///nonexistent/docker.sock", check=False)
     assert result.returncode == 1 and "cannot reach the Docker engine at unix:///nonexistent/docker.sock" in result.stderr
+
+
+def test_no_pull_uses_the_engines_images_and_names_a_missing_one(built, keys, harness, build_engine, tmp_path) -> None:
+    out = tmp_path / "local"
+    bundle("build", str(MANIFEST), "--registry", REGISTRY, "--tag", TAG, "--source", str(SOURCE_DIR), "--key", str(keys["private"]),
+           "-o", str(out), "--lock", str(tmp_path / "l.json"), "--no-kit", "--no-pull", docker_host=harness.build_docker_host)
+    local, _, _ = read_header(out / f"aimatrix-{TAG}.tar.zst")
+    assert {i.id for i in local.images} == {i.id for i in built["header"].images}
+    build_engine.images.remove("minio/minio:latest", noprune=True)
+    result = bundle("build", str(MANIFEST), "--source", str(SOURCE_DIR), "--key", str(keys["private"]), "-o", str(out),
+                    "--lock", str(tmp_path / "l2.json"), "--no-kit", "--no-pull", docker_host=harness.build_docker_host, check=False)
+    assert result.returncode == 1 and "minio/minio:latest: not on the engine, and --no-pull forbids pulling it" in result.stderr
