@@ -6,13 +6,14 @@ back as EngineError with a message that says what to do.
 from __future__ import annotations
 
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 import docker
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
+
+from installer.archive.tarstream import TarStream, TarStreamError
 
 from .refs import parse_ref
 
@@ -198,15 +199,12 @@ def save_stream(client: docker.DockerClient, image_ids: Iterable[str], chunk_siz
     except APIError as exc:
         raise EngineError(f"the engine refused to export the images: {exc.explanation or exc}") from None
     response.raw.decode_content = True
+    stream = TarStream(response.raw.read)
     try:
-        with tarfile.open(fileobj=response.raw, mode="r|") as stream:
-            for member in stream:
-                if not member.isfile():
-                    continue
-                handle = stream.extractfile(member)
-                assert handle is not None
-                yield SavedFile(member.name, member.size, iter(lambda h=handle: h.read(chunk_size), b""))
-    except tarfile.TarError as exc:
+        for entry in stream.entries():
+            if entry.is_file:
+                yield SavedFile(entry.name, entry.size, stream.chunks(chunk_size))
+    except TarStreamError as exc:
         raise EngineError(f"the engine's export stream broke off: {exc}") from None
     finally:
         response.close()

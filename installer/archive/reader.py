@@ -7,14 +7,14 @@ are accepted.
 """
 from __future__ import annotations
 
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional
 
 import zstandard
 
-from .layout import BLOCK, CHUNK, HEADER_NAME, SIGNATURE_NAME, check_member_name, padding_for
+from .layout import CHUNK, HEADER_NAME, SIGNATURE_NAME, check_member_name
+from .tarstream import TarStream, TarStreamError
 from .parts import PartsError, PartsReader, find_index
 
 
@@ -33,18 +33,18 @@ class SignedHeader:
 class MemberStream:
     """One member being read: its name and size, and its bytes as chunks."""
 
-    def __init__(self, reader: "ArchiveReader", name: str, size: int):
+    def __init__(self, tar: TarStream, name: str, size: int, path: Path):
         self.name = name
         self.size = size
-        self._reader = reader
-        self._remaining = size
+        self._tar = tar
+        self._path = path
 
     def chunks(self, chunk_size: int = CHUNK) -> Iterator[bytes]:
         """Yield the member's bytes in chunks of at most ``chunk_size``."""
-        while self._remaining:
-            chunk = self._reader._read_exact(min(chunk_size, self._remaining), self.name)
-            self._remaining -= len(chunk)
-            yield chunk
+        try:
+            yield from self._tar.chunks(chunk_size)
+        except TarStreamError as exc:
+            raise ArchiveFormatError(f"{self._path}: {str(exc).replace('the stream', 'the archive')}") from None
 
     def read_all(self, limit: int = 64 << 20) -> bytes:
         """Read the whole member into memory (only for small members)."""
@@ -79,16 +79,20 @@ class ArchiveReader:
         except OSError as exc:
             raise ArchiveFormatError(f"{self.path}: cannot open ({exc.strerror})") from None
         self._stream = zstandard.ZstdDecompressor().stream_reader(self._file, read_across_frames=True, read_size=CHUNK)
+        self._tar = TarStream(self._stream.read, on_error=self._decode_error)
         self._header: Optional[SignedHeader] = None
-        self._current: Optional[MemberStream] = None
         self._pending: Optional[MemberStream] = None
-        self.bytes_read = 0
 
     def __enter__(self) -> "ArchiveReader":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _decode_error(self, exc: Exception, where: str) -> Exception:
+        if isinstance(exc, zstandard.ZstdError):
+            return ArchiveFormatError(f"{self.path}: corrupt compressed data in {where} (zstd: {exc})")
+        return exc
 
     def close(self) -> None:
         """Release the file."""
@@ -136,66 +140,21 @@ class ArchiveReader:
 
     # -- tar parsing ------------------------------------------------------------
     def _next_member(self, previous: str) -> Optional[MemberStream]:
-        if self._current is not None:
-            self._current.skip()
-            self._read_exact(len(padding_for(self._current.size)), self._current.name)
-            self._current = None
-        where = f"the member after {previous!r}"
-        pax: dict[str, str] = {}
-        while True:
-            block = self._read_exact(BLOCK, where, allow_eof=True)
-            if not block:
-                raise ArchiveFormatError(f"{self.path}: the archive is truncated: it ends after {previous!r} with no end-of-archive marker")
-            if block == b"\0" * BLOCK:
-                return None
-            try:
-                info = tarfile.TarInfo.frombuf(block, encoding="utf-8", errors="strict")
-            except tarfile.HeaderError as exc:
-                raise ArchiveFormatError(f"{self.path}: damaged tar header in {where} ({exc})") from None
-            if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
-                pax.update(self._read_pax(info.size, where))
-                continue
-            break
-        name = pax.get("path", info.name)
-        size = int(pax["size"]) if "size" in pax else info.size
-        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-            raise ArchiveFormatError(f"{self.path}: member {name!r} is not a regular file; bundles hold only files")
         try:
-            check_member_name(name)
+            entry = self._tar.next_entry(previous)
+        except TarStreamError as exc:
+            raise ArchiveFormatError(f"{self.path}: {str(exc).replace('the stream', 'the archive')}") from None
+        if entry is None:
+            return None
+        if not entry.is_file:
+            raise ArchiveFormatError(f"{self.path}: member {entry.name!r} is not a regular file; bundles hold only files")
+        try:
+            check_member_name(entry.name)
         except ValueError as exc:
             raise ArchiveFormatError(f"{self.path}: {exc}") from None
-        self._current = MemberStream(self, name, size)
-        return self._current
+        return MemberStream(self._tar, entry.name, entry.size, self.path)
 
-    def _read_pax(self, size: int, where: str) -> dict[str, str]:
-        data = self._read_exact(size + len(padding_for(size)), where)[:size]
-        records: dict[str, str] = {}
-        position = 0
-        while position < len(data):
-            try:
-                length_text, _ = data[position:].split(b" ", 1)
-                length = int(length_text)
-                record = data[position + len(length_text) + 1 : position + length - 1].decode("utf-8")
-                key, value = record.split("=", 1)
-            except ValueError:
-                raise ArchiveFormatError(f"{self.path}: damaged PAX header in {where}") from None
-            records[key] = value
-            position += length
-        return records
-
-    def _read_exact(self, size: int, where: str, allow_eof: bool = False) -> bytes:
-        parts: list[bytes] = []
-        wanted = size
-        while wanted:
-            try:
-                chunk = self._stream.read(wanted)
-            except zstandard.ZstdError as exc:
-                raise ArchiveFormatError(f"{self.path}: corrupt compressed data in {where} (zstd: {exc})") from None
-            if not chunk:
-                if allow_eof and wanted == size:
-                    return b""
-                raise ArchiveFormatError(f"{self.path}: the archive is truncated inside {where}")
-            parts.append(chunk)
-            wanted -= len(chunk)
-        self.bytes_read += size
-        return b"".join(parts)
+    @property
+    def bytes_read(self) -> int:
+        """Uncompressed bytes read so far."""
+        return self._tar.bytes_read
