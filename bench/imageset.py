@@ -1,10 +1,11 @@
 """A realistic image set for benchmarks, made from this machine's own binaries and text.
 
-Shape (sizes at scale 1.0, about 2.1 GB of unique layers, 12 images):
+Shape (sizes at scale 1.0, about 2.2 GB of unique layers, 12 images), like a
+stack built on a few base images:
 
-    os layer        250 MB   shared by every image (libraries, plus a static busybox)
-    3 group layers  200 MB   each shared by 4 images (like a python / jvm / node runtime)
-    12 app layers   105 MB   one per image
+    4 os layers       100 MB   each shared by the 3 images of its group (a static busybox in each)
+    4 runtime layers  150 MB   each shared by the 3 images of its group (like python / jvm / node)
+    12 app layers     100 MB   one per image
 
 Layers are deterministic tars (fixed owners and times), so the same scale
 always gives the same image IDs, and they are streamed straight into the
@@ -25,8 +26,8 @@ import docker
 SOURCES = [Path("/usr/lib"), Path("/usr/share"), Path("/usr/bin"), Path("/root/.pyenv"), Path("/root/.rustup")]
 BUSYBOX = Path("/bin/busybox")
 MB = 1_000_000
-OS_MB, GROUP_MB, APP_MB = 250, 200, 105
-GROUPS, IMAGES_PER_GROUP = 3, 4
+OS_MB, GROUP_MB, APP_MB = 100, 150, 100
+GROUPS, IMAGES_PER_GROUP = 4, 3
 LABEL = "airgap.bench"
 
 
@@ -65,7 +66,7 @@ def _file_pool() -> Iterator[Path]:
 def plan_layers(scale: float, changed_app: Optional[int] = None) -> tuple[dict[str, LayerSpec], list[BenchImage]]:
     """Assign real files to layers by size budget; ``changed_app`` gives that app layer new content."""
     pool = _file_pool()
-    budgets = [("os", OS_MB)] + [(f"group{g}", GROUP_MB) for g in range(GROUPS)] + \
+    budgets = [(f"os{g}", OS_MB) for g in range(GROUPS)] + [(f"group{g}", GROUP_MB) for g in range(GROUPS)] + \
               [(f"app{i}", APP_MB) for i in range(GROUPS * IMAGES_PER_GROUP)]
     layers: dict[str, LayerSpec] = {}
     for name, megabytes in budgets:
@@ -78,7 +79,7 @@ def plan_layers(scale: float, changed_app: Optional[int] = None) -> tuple[dict[s
         extra = b"release: next\n" * 4096 if name == f"app{changed_app}" else b""
         layers[name] = LayerSpec(name, tuple(chosen), extra)
     images = [
-        BenchImage(f"bench/app{i}:latest", ("os", f"group{i // IMAGES_PER_GROUP}", f"app{i}"))
+        BenchImage(f"bench/app{i}:latest", (f"os{i // IMAGES_PER_GROUP}", f"group{i // IMAGES_PER_GROUP}", f"app{i}"))
         for i in range(GROUPS * IMAGES_PER_GROUP)
     ]
     return layers, images
@@ -102,7 +103,7 @@ def _layer_stream(spec: LayerSpec) -> tuple[str, Iterator[bytes]]:
 
 def _layer_chunks(spec: LayerSpec) -> Iterator[bytes]:
     prefix = f"opt/{spec.name}"
-    if spec.name == "os":
+    if spec.name.startswith("os"):
         data = BUSYBOX.read_bytes()
         yield _info("bin/busybox", len(data), 0o755).tobuf(tarfile.GNU_FORMAT) + data + b"\0" * (-len(data) % 512)
         yield _info("bin/sh", 0, 0o777, tarfile.SYMTYPE, "busybox").tobuf(tarfile.GNU_FORMAT)
@@ -142,8 +143,9 @@ def ensure_images(client: docker.DockerClient, scale: float, changed_app: Option
         config = _config(image, [digests[n] for n in image.layers])
         image_id = "sha256:" + hashlib.sha256(config).hexdigest()
         try:
-            if client.api.inspect_image(ref)["Id"] == image_id:
-                continue
+            client.api.inspect_image(image_id)
+            client.api.tag(image_id, *ref.rsplit(":", 1), force=True)
+            continue
         except docker.errors.ImageNotFound:
             pass
         archive_images.append((ref, image, config))

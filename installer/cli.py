@@ -120,6 +120,7 @@ def _run_install(archive: Path, pubkeys, prefix, sets, timeout, allow_downgrade,
     result = install(options, say)
     say(f"installed {result.release.name} in {result.prefix} in {result.seconds:.1f}s "
         f"({len(result.loaded_images)} image name(s) loaded, {result.loaded_layer_bytes / 1e6:.1f} MB of layers)")
+    say("timings: " + " ".join(f"{phase}={seconds:.2f}s" for phase, seconds in result.timings.items()))
     for name, url in result.endpoints:
         click.echo(f"{name}: {url}")
 

@@ -82,6 +82,21 @@ class InstallResult:
     states: list[ServiceState]
     endpoints: list[tuple[str, str]]
     seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class PhaseClock:
+    """Seconds spent in each phase, for the closing summary and benchmarks."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, phase: str) -> None:
+        """Close ``phase`` at now."""
+        now = time.monotonic()
+        self.timings[phase] = self.timings.get(phase, 0.0) + now - self._last
+        self._last = now
 
 
 @contextmanager
@@ -145,10 +160,13 @@ def preflight(options: InstallOptions, say: Say) -> tuple[BundleHeader, Path, Pr
 def install(options: InstallOptions, say: Say) -> InstallResult:
     """Run the whole install; raise InstallError (nothing changed before verification passed)."""
     started = time.monotonic()
+    clock = PhaseClock()
     prefix = options.prefix or _prefix_from_archive(options.archive)
     with prefix_lock(prefix, say=say):
+        clock.lap("lock")
         say(f"preflight: {options.archive}")
         header, prefix, report, _ = preflight(options, say)
+        clock.lap("preflight")
         say("verify: signature, then every member's sha256")
         try:
             verified = verify_archive(options.archive, options.keys, allow_untrusted=options.allow_untrusted)
@@ -159,6 +177,7 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
             say(f"WARNING: {warning}")
         say(f"  ok: {header.name} {header.version} signed by {verified.signer or 'NOBODY (override in force)'}")
         check_version_order(prefix, header, options)
+        clock.lap("verify")
         client = engine_ops.connect()
         plan = report.load_plan
         assert plan is not None and report.compose is not None
@@ -181,6 +200,7 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
             except VerificationError as exc:
                 raise InstallError(f"load aborted: {exc}") from None
         tagged = fill_in_names(client, header, say)
+        clock.lap("load")
         existing_env = read_env(prefix / ENV_FILE)
         env = resolve_env(header, existing_env, options.sets)
         header_bytes = read_header(options.archive)[1]
@@ -191,6 +211,7 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
             say(f"site: generated {len(env.generated)} secret(s) in {prefix / ENV_FILE} (mode 0600)")
         fallback = last_healthy(prefix)
         activate(prefix, release)
+        clock.lap("site")
         project = ComposeProject(report.compose, header.release.get("project", header.name), release, prefix / ENV_FILE)
         try:
             states = bring_up(client, project, header, options.timeout, say)
@@ -200,10 +221,11 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
             roll_back_after_failure(client, prefix, project, fallback, failure, options.timeout, say)
             raise  # roll_back_after_failure always raises
         mark_healthy(prefix, release)
+        clock.lap("up")
         endpoints = resolve_endpoints(header, env.values)
         return InstallResult(prefix=prefix, release=release, loaded_images=loaded, loaded_layer_bytes=plan.layer_bytes,
                              tagged=tagged, generated_secrets=env.generated, states=states, endpoints=endpoints,
-                             seconds=time.monotonic() - started)
+                             seconds=time.monotonic() - started, timings=clock.timings)
 
 
 def _prefix_from_archive(archive: Path) -> Path:
