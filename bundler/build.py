@@ -12,6 +12,7 @@ from installer.archive import VerificationError, read_header
 from installer.signing import load_private_key
 
 from . import engine
+from .cache import MemberCache
 from .compose import render_compose
 from .engine import EngineError, ImageFacts
 from .export import BaseRelease, collect_images, write_bundle
@@ -43,6 +44,8 @@ class BuildRequest:
     level: int = 3
     since: Optional[Path] = None
     pull: bool = True
+    use_cache: bool = True
+    cache_dir: Optional[Path] = None
 
 
 def resolve(
@@ -109,7 +112,8 @@ def build(request: BuildRequest, reporter: Reporter) -> Path:
     if base is not None:
         reporter.line(f"delta against {base.name} {base.version}: leaving out {len(base.image_ids)} image(s) and their layers")
     archive = write_bundle(client=client, plan=plan, images=images, compose=compose, private_key=private_key,
-                           output=output, reporter=reporter, level=request.level, base=base)
+                           output=output, reporter=reporter, level=request.level, base=base,
+                           cache=MemberCache.from_env(request.level, request.cache_dir) if request.use_cache else None)
     lock = lock_from_plan(plan)
     lock.release = {"name": manifest.name, "version": plan.tag,
                     "images": [{"id": r.id, "diff_ids": r.diff_ids} for r in images.records]}

@@ -126,12 +126,16 @@ def resolve_command(manifest: Path, registry, tag, platform, with_build_bases, l
                    "The delta leaves out every layer that release has; the site must have it installed.")
 @click.option("--split", "split_size", metavar="SIZE",
               help="Write the archive as parts of at most SIZE (e.g. 700M, 4G) with a sha256 index, for removable media.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Cache of compressed layers reused by the next build (default: $AIRGAP_BUNDLE_CACHE or "
+                   "~/.cache/airgap-bundle/members). Safe to delete.")
+@click.option("--no-cache", is_flag=True, help="Compress everything afresh and keep nothing for the next build.")
 @click.option("--kit/--no-kit", default=True, show_default=True,
               help="Also write the offline installer kit (airgap-install-kit-VERSION/) beside the archive.")
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @friendly_errors
 def build_command(manifest: Path, registry, tag, platform, with_build_bases, lock_path, source_dir, key_path, output_dir,
-                  no_lock, no_pull, level, since, split_size, kit, plain) -> None:
+                  no_lock, no_pull, level, since, split_size, cache_dir, no_cache, kit, plain) -> None:
     """Pull, build, retag, render the compose config and write one signed archive.
 
     Dependency images are pulled (by digest when the lockfile pins them) for
@@ -157,7 +161,7 @@ def build_command(manifest: Path, registry, tag, platform, with_build_bases, loc
     request = BuildRequest(
         manifest_path=manifest, source_dir=source_dir, key_path=key_path, output_dir=output_dir, registry=registry,
         tag=tag, platform=platform, with_build_bases=with_build_bases, lock_path=lock_path, use_lock=not no_lock, level=level,
-        since=since, pull=not no_pull,
+        since=since, pull=not no_pull, use_cache=not no_cache, cache_dir=cache_dir,
     )
     archive = build(request, reporter)
     if part_size:

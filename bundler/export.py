@@ -35,7 +35,8 @@ from installer.engine import chain_ids
 from installer.signing import fingerprint, sign
 
 from .compose import RenderedCompose
-from .engine import EngineError, ImageFacts, save_stream
+from .cache import MemberCache
+from .engine import EngineError, ImageFacts, SavedFile, save_stream
 from .plan import Plan
 from .progress import Reporter
 
@@ -125,6 +126,7 @@ def write_bundle(
     reporter: Reporter,
     level: int = 3,
     base: Optional[BaseRelease] = None,
+    cache: Optional[MemberCache] = None,
 ) -> Path:
     """Stream everything into ``output`` and sign it; return the archive path.
 
@@ -151,7 +153,10 @@ def write_bundle(
     with ArchiveWriter(output, header_reserve=reserve, level=level) as writer:
         writer.add_bytes(IMAGES_MANIFEST, docker_load_manifest(content.images))
         if content.images:
-            _stream_images(client, writer, BundleImages(images.facts, content.images), content.layers, reporter)
+            with reporter.task("save + compress images", total=len(content.images) + len(content.layers)) as task:
+                _ImageStreamer(client, writer, cache, task).run(content.images, content.layers)
+            if cache is not None:
+                cache.save()
         writer.add_bytes(release_path(COMPOSE_FILE), compose.text.encode())
         for relative in compose.files:
             assert manifest.compose_files is not None
@@ -201,51 +206,85 @@ def release_info(plan: Plan, compose: RenderedCompose) -> dict:
     }
 
 
-def _stream_images(
-    client: docker.DockerClient, writer: ArchiveWriter, images: BundleImages, layers: set[str], reporter: Reporter
-) -> None:
-    """Save ``images`` from the engine into the archive, keeping only the configs and the ``layers`` asked for."""
-    config_ids = {digest_hex(r.id) for r in images.records}
-    layer_hexes = {digest_hex(d) for d in layers}
-    every_layer = {digest_hex(d) for r in images.records for d in r.diff_ids}
-    written_layers: set[str] = set()
-    written_configs: set[str] = set()
-    total = len(config_ids) + len(layer_hexes)
+class _ImageStreamer:
+    """Moves image configs and layers into the archive: from the cache when it has them, else from the engine's save."""
 
-    def layer_name(sha: str) -> Optional[str]:
+    def __init__(self, client: docker.DockerClient, writer: ArchiveWriter, cache: Optional[MemberCache], task):
+        self.client, self.writer, self.cache, self.task = client, writer, cache, task
+        self.written: set[str] = set()
+
+    def run(self, records: list[ImageRecord], layers: set[str]) -> None:
+        """Write each record's config and the wanted ``layers``; save from the engine only what the cache lacks."""
+        configs = {digest_hex(r.id) for r in records}
+        wanted = configs | {digest_hex(d) for d in layers}
+        every_layer = {digest_hex(d) for r in records for d in r.diff_ids}
+        to_save = []
+        for record in records:
+            needed = [digest_hex(record.id)] + [digest_hex(d) for d in record.diff_ids if digest_hex(d) in wanted]
+            if self.cache is not None and self.cache.has(needed):
+                for digest in needed:
+                    self._from_cache(digest, config=digest in configs)
+            else:
+                to_save.append(record)
+        if to_save:
+            for saved in save_stream(self.client, [r.id for r in to_save]):
+                self.task.step(len(self.written), len(wanted), "layers+configs")
+                self._take(saved, wanted, configs, every_layer)
+        missing = wanted - self.written
+        if missing:
+            raise EngineError(
+                f"the engine's export lacked {len(missing)} layer(s) or config(s); "
+                "the images may have changed during the build: run the build again"
+            )
+
+    def _from_cache(self, digest: str, config: bool) -> None:
+        if digest in self.written:
+            return
+        cached = self.cache.lookup(digest)
+        name = config_path(digest) if config else layer_path(digest)
+        self.writer.add_precompressed(name, cached.size, digest, cached.path)
+        self.task.add_bytes(cached.size)
+        self.written.add(digest)
+
+    def _take(self, saved: SavedFile, wanted: set[str], configs: set[str], every_layer: set[str]) -> None:
+        match = _CONFIG_NAME.match(saved.name)
+        known = match.group(1) if match else (self.cache.digest_of_path(saved.name) if self.cache else None)
+        if known is not None and (known in self.written or known not in wanted):
+            _drain(saved.chunks)  # a layer already written, or one this archive leaves out
+            return
+        if known is not None and self.cache is not None and self.cache.lookup(known) is not None:
+            _drain(saved.chunks)  # identified by its save path: copy the earlier compressed frame
+            self._from_cache(known, config=known in configs)
+            return
+        counted = _counting(saved.chunks, self.task.add_bytes)
+        if known is not None:
+            record = self.writer.add_stream(config_path(known) if known in configs else layer_path(known), saved.size, counted)
+            _expect(record.sha256, known, saved.name)
+        elif saved.name.endswith("/layer.tar"):
+            record = self.writer.add_stream_named_by_digest(
+                saved.size, counted, lambda sha: self._layer_name(saved.name, sha, wanted, every_layer), saved.name)
+            if record is None:
+                return
+        else:
+            _drain(counted)
+            return
+        self.written.add(record.sha256)
+        if self.cache is not None:
+            self.cache.remember_path(saved.name, record.sha256)
+            self.writer.flush()
+            self.cache.store(record.sha256, record.size, self.writer.partial_path, *self.writer.last_data_span)
+
+    def _layer_name(self, save_path: str, sha: str, wanted: set[str], every_layer: set[str]) -> Optional[str]:
         if sha not in every_layer:
             raise EngineError(f"the engine exported a layer (sha256:{sha[:12]}) that none of the images lists")
-        if sha in written_layers or sha not in layer_hexes:
-            return None
-        written_layers.add(sha)
-        return layer_path(sha)
+        if self.cache is not None:
+            self.cache.remember_path(save_path, sha)
+        return None if sha in self.written or sha not in wanted else layer_path(sha)
 
-    with reporter.task("save + compress images", total=total) as task:
-        for saved in save_stream(client, [r.id for r in images.records]):
-            task.step(len(written_layers) + len(written_configs), total, "layers+configs")
-            counted = _counting(saved.chunks, task.add_bytes)
-            match = _CONFIG_NAME.match(saved.name)
-            known = match.group(1) if match else None
-            if known and known in config_ids and known not in written_configs:
-                record = writer.add_stream(config_path(known), saved.size, counted)
-                _expect(record.sha256, known, saved.name)
-                written_configs.add(known)
-            elif known and known in layer_hexes and known not in written_layers:
-                record = writer.add_stream(layer_path(known), saved.size, counted)
-                _expect(record.sha256, known, saved.name)
-                written_layers.add(known)
-            elif saved.name.endswith("/layer.tar"):
-                writer.add_stream_named_by_digest(saved.size, counted, layer_name, saved.name)
-            else:
-                for _ in counted:
-                    pass
-    missing_layers = layer_hexes - written_layers
-    missing_configs = config_ids - written_configs
-    if missing_layers or missing_configs:
-        raise EngineError(
-            f"the engine's export lacked {len(missing_layers)} layer(s) and {len(missing_configs)} config(s); "
-            "the images may have changed during the build: run the build again"
-        )
+
+def _drain(chunks) -> None:
+    for _ in chunks:
+        pass
 
 
 def _counting(chunks, advance):

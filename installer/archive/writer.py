@@ -66,6 +66,7 @@ class ArchiveWriter:
         self._file: BinaryIO = open(self.partial_path, "wb")
         self._file.write(skippable_frame(header_reserve))
         self._finished = False
+        self.last_data_span: tuple[int, int] = (0, 0)
 
     # -- context management -------------------------------------------------
     def __enter__(self) -> "ArchiveWriter":
@@ -101,6 +102,21 @@ class ArchiveWriter:
         sha256 = self._write_data(size, chunks, name)
         return self._record(name, sha256, size)
 
+    def add_precompressed(self, name: str, size: int, sha256: str, frame: Path) -> MemberRecord:
+        """Add a member whose data frame was compressed earlier (a cache entry), copying it as is.
+
+        The caller vouches that ``frame`` decompresses to ``size`` bytes (plus
+        tar padding) with this ``sha256``; readers check it like any member.
+        """
+        self._claim(name)
+        self._write_frame(self._small_compressor, tar_header(name, size, self.mtime))
+        start = self._file.tell()
+        with open(frame, "rb") as source:
+            for chunk in iter(lambda: source.read(CHUNK), b""):
+                self._file.write(chunk)
+        self.last_data_span = (start, self._file.tell() - start)
+        return self._record(name, sha256, size)
+
     def add_stream_named_by_digest(
         self, size: int, chunks: Iterable[bytes], name_for: Callable[[str], Optional[str]], label: str
     ) -> Optional[MemberRecord]:
@@ -129,6 +145,10 @@ class ArchiveWriter:
         return self._record(name, sha256, size)
 
     # -- sealing --------------------------------------------------------------
+    def flush(self) -> None:
+        """Push written bytes to the file (so a frame can be read back, e.g. into a cache)."""
+        self._file.flush()
+
     def finish(self, header: bytes, signature: bytes) -> Path:
         """Write the signed header into its reserved room and move the archive into place."""
         self._file.write(self._small_compressor.compress(END_OF_ARCHIVE))
@@ -168,6 +188,7 @@ class ArchiveWriter:
     def _write_data(self, size: int, chunks: Iterable[bytes], label: str) -> str:
         """Compress ``size`` bytes plus tar padding as one frame; return their sha256."""
         digest = hashlib.sha256()
+        start = self._file.tell()
         stream = self._compressor.compressobj(size=size + len(padding_for(size)))
         written = 0
         for chunk in chunks:
@@ -182,6 +203,7 @@ class ArchiveWriter:
             raise ArchiveWriteError(f"{label}: got {written} bytes, {size} were announced")
         self._file.write(stream.compress(padding_for(size)))
         self._file.write(stream.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+        self.last_data_span = (start, self._file.tell() - start)
         return digest.hexdigest()
 
 

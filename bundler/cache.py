@@ -1,0 +1,105 @@
+"""A content-addressed cache of compressed archive members, kept between builds.
+
+Each member's data is one zstd frame in the archive, so a frame compressed by
+an earlier build can be copied into the next archive as it is. The cache keeps
+those frames by the sha256 of their content (a layer's diffID, a config's image
+ID), per compression level, and remembers which path of the engine's save
+stream held which layer, so a later save can be matched without hashing.
+
+    ROOT/level-3/<sha256>.zst     the frame (data and tar padding)
+    ROOT/level-3/<sha256>.size    the member's size in bytes
+    ROOT/save-paths.json          "<v1 id>/layer.tar" -> sha256 (legacy save streams)
+
+Delete the folder at any time: the next build just compresses again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from installer.archive.layout import CHUNK
+
+DEFAULT_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "airgap-bundle" / "members"
+
+
+@dataclass(frozen=True)
+class CachedFrame:
+    """A cached member: its size and the file holding its compressed frame."""
+
+    size: int
+    path: Path
+
+
+class MemberCache:
+    """Frames by content digest for one compression level, and save-path → digest hints."""
+
+    def __init__(self, root: Path, level: int):
+        self.root = Path(root)
+        self.folder = self.root / f"level-{level}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._paths_file = self.root / "save-paths.json"
+        try:
+            self._paths: dict[str, str] = json.loads(self._paths_file.read_text())
+        except (OSError, ValueError):
+            self._paths = {}
+        self._dirty = False
+
+    @classmethod
+    def from_env(cls, level: int, root: Optional[Path] = None) -> "MemberCache":
+        """The cache at ``root``, $AIRGAP_BUNDLE_CACHE, or the user's cache folder."""
+        return cls(root or Path(os.environ.get("AIRGAP_BUNDLE_CACHE", DEFAULT_ROOT)), level)
+
+    def lookup(self, digest_hex: str) -> Optional[CachedFrame]:
+        """The cached frame of the member with this sha256, if any."""
+        frame, size = self.folder / f"{digest_hex}.zst", self.folder / f"{digest_hex}.size"
+        try:
+            return CachedFrame(size=int(size.read_text()), path=frame) if frame.is_file() else None
+        except (OSError, ValueError):
+            return None
+
+    def has(self, digests: list[str]) -> bool:
+        """True when every digest has a frame."""
+        return all(self.lookup(d) is not None for d in digests)
+
+    def store(self, digest_hex: str, size: int, archive: Path, offset: int, length: int) -> None:
+        """Copy a frame just written to ``archive`` at ``offset`` into the cache (atomically)."""
+        if self.lookup(digest_hex) is not None:
+            return
+        temporary = self.folder / f".{digest_hex}.{os.getpid()}.tmp"
+        with open(archive, "rb") as source, open(temporary, "wb") as target:
+            source.seek(offset)
+            remaining = length
+            while remaining:
+                chunk = source.read(min(CHUNK, remaining))
+                if not chunk:
+                    raise OSError(f"{archive} is shorter than expected")
+                target.write(chunk)
+                remaining -= len(chunk)
+        (self.folder / f"{digest_hex}.size").write_text(str(size))
+        os.replace(temporary, self.folder / f"{digest_hex}.zst")
+
+    def digest_of_path(self, save_path: str) -> Optional[str]:
+        """The layer a save-stream path held in an earlier build."""
+        return self._paths.get(save_path)
+
+    def remember_path(self, save_path: str, digest_hex: str) -> None:
+        """Note which layer a save-stream path held (legacy ``<v1 id>/layer.tar`` names are stable per chain)."""
+        if save_path.endswith("/layer.tar") and self._paths.get(save_path) != digest_hex:
+            self._paths[save_path] = digest_hex
+            self._dirty = True
+
+    def save(self) -> None:
+        """Write the path hints."""
+        if self._dirty:
+            temporary = self._paths_file.with_suffix(".tmp")
+            temporary.write_text(json.dumps(self._paths, sort_keys=True))
+            os.replace(temporary, self._paths_file)
+            self._dirty = False
+
+    def clear(self) -> None:
+        """Remove everything."""
+        shutil.rmtree(self.root, ignore_errors=True)
