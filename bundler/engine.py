@@ -186,11 +186,11 @@ class SavedFile:
     chunks: Iterator[bytes]
 
 
-def save_stream(client: docker.DockerClient, image_ids: Iterable[str], chunk_size: int = 1 << 20) -> Iterator[SavedFile]:
-    """Stream the engine's ``docker save`` of several images, file by file.
+def open_save(client: docker.DockerClient, image_ids: Iterable[str]):
+    """Ask the engine to export images; returns the response once the engine starts sending.
 
-    The engine writes each shared layer once (later copies are symlinks,
-    which are skipped here). Nothing touches the local disk.
+    (Docker 20.10 writes the whole export to a temporary folder before the
+    first byte, so this call blocks for most of the engine's work.)
     """
     ids = list(dict.fromkeys(image_ids))
     try:
@@ -199,6 +199,11 @@ def save_stream(client: docker.DockerClient, image_ids: Iterable[str], chunk_siz
     except APIError as exc:
         raise EngineError(f"the engine refused to export the images: {exc.explanation or exc}") from None
     response.raw.decode_content = True
+    return response
+
+
+def saved_files(response, chunk_size: int = 1 << 20) -> Iterator[SavedFile]:
+    """The regular files of an export response (links to layers already sent are skipped)."""
     stream = TarStream(response.raw.read)
     try:
         for entry in stream.entries():
@@ -208,3 +213,11 @@ def save_stream(client: docker.DockerClient, image_ids: Iterable[str], chunk_siz
         raise EngineError(f"the engine's export stream broke off: {exc}") from None
     finally:
         response.close()
+
+
+def save_stream(client: docker.DockerClient, image_ids: Iterable[str], chunk_size: int = 1 << 20) -> Iterator[SavedFile]:
+    """Stream the engine's ``docker save`` of several images, file by file, with nothing on local disk.
+
+    The engine writes each shared layer once (later copies are symlinks, skipped here).
+    """
+    return saved_files(open_save(client, image_ids), chunk_size)

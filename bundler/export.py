@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +37,7 @@ from installer.signing import fingerprint, sign
 
 from .compose import RenderedCompose
 from .cache import MemberCache
-from .engine import EngineError, ImageFacts, SavedFile, save_stream
+from .engine import EngineError, ImageFacts, SavedFile, open_save, saved_files
 from .plan import Plan
 from .progress import Reporter
 
@@ -212,6 +213,7 @@ class _ImageStreamer:
     def __init__(self, client: docker.DockerClient, writer: ArchiveWriter, cache: Optional[MemberCache], task):
         self.client, self.writer, self.cache, self.task = client, writer, cache, task
         self.written: set[str] = set()
+        self.path_digests: dict[str, str] = {}
 
     def run(self, records: list[ImageRecord], layers: set[str]) -> None:
         """Write each record's config and the wanted ``layers``; save from the engine only what the cache lacks."""
@@ -226,10 +228,21 @@ class _ImageStreamer:
                     self._from_cache(digest, config=digest in configs)
             else:
                 to_save.append(record)
-        if to_save:
-            for saved in save_stream(self.client, [r.id for r in to_save]):
-                self.task.step(len(self.written), len(wanted), "layers+configs")
-                self._take(saved, wanted, configs, every_layer)
+        batches = batches_by_base(to_save)
+        with ThreadPoolExecutor(max_workers=1) as prefetch:
+            # While one batch streams in, the engine already exports the next one.
+            pending = prefetch.submit(open_save, self.client, [r.id for r in batches[0]]) if batches else None
+            try:
+                for index in range(len(batches)):
+                    response = pending.result()
+                    pending = prefetch.submit(open_save, self.client, [r.id for r in batches[index + 1]]) \
+                        if index + 1 < len(batches) else None
+                    for saved in saved_files(response):
+                        self.task.step(len(self.written), len(wanted), "layers+configs")
+                        self._take(saved, wanted, configs, every_layer)
+            finally:
+                if pending is not None:
+                    pending.add_done_callback(lambda done: done.exception() or done.result().close())
         missing = wanted - self.written
         if missing:
             raise EngineError(
@@ -248,7 +261,8 @@ class _ImageStreamer:
 
     def _take(self, saved: SavedFile, wanted: set[str], configs: set[str], every_layer: set[str]) -> None:
         match = _CONFIG_NAME.match(saved.name)
-        known = match.group(1) if match else (self.cache.digest_of_path(saved.name) if self.cache else None)
+        known = match.group(1) if match else self.path_digests.get(saved.name) or (
+            self.cache.digest_of_path(saved.name) if self.cache else None)
         if known is not None and (known in self.written or known not in wanted):
             _drain(saved.chunks)  # a layer already written, or one this archive leaves out
             return
@@ -269,6 +283,7 @@ class _ImageStreamer:
             _drain(counted)
             return
         self.written.add(record.sha256)
+        self.path_digests[saved.name] = record.sha256
         if self.cache is not None:
             self.cache.remember_path(saved.name, record.sha256)
             self.writer.flush()
@@ -277,9 +292,18 @@ class _ImageStreamer:
     def _layer_name(self, save_path: str, sha: str, wanted: set[str], every_layer: set[str]) -> Optional[str]:
         if sha not in every_layer:
             raise EngineError(f"the engine exported a layer (sha256:{sha[:12]}) that none of the images lists")
+        self.path_digests[save_path] = sha
         if self.cache is not None:
             self.cache.remember_path(save_path, sha)
         return None if sha in self.written or sha not in wanted else layer_path(sha)
+
+
+def batches_by_base(records: list[ImageRecord]) -> list[list[ImageRecord]]:
+    """Images grouped by their bottom layer: groups share no layer chain, so saving them apart costs the engine nothing extra."""
+    groups: dict[str, list[ImageRecord]] = {}
+    for record in records:
+        groups.setdefault(record.diff_ids[0] if record.diff_ids else record.id, []).append(record)
+    return list(groups.values())
 
 
 def _drain(chunks) -> None:
