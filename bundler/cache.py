@@ -7,13 +7,14 @@ ID), per compression level, and remembers which path of the engine's save
 stream held which layer, so a later save can be matched without hashing.
 
     ROOT/level-3/<sha256>.zst     the frame (data and tar padding)
-    ROOT/level-3/<sha256>.size    the member's size in bytes
+    ROOT/level-3/<sha256>.meta    the member's size and the frame's own sha256 (checked before reuse)
     ROOT/save-paths.json          "<v1 id>/layer.tar" -> sha256 (legacy save streams)
 
 Delete the folder at any time: the next build just compresses again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -55,21 +56,43 @@ class MemberCache:
 
     def lookup(self, digest_hex: str) -> Optional[CachedFrame]:
         """The cached frame of the member with this sha256, if any."""
-        frame, size = self.folder / f"{digest_hex}.zst", self.folder / f"{digest_hex}.size"
+        frame, meta = self.folder / f"{digest_hex}.zst", self.folder / f"{digest_hex}.meta"
         try:
-            return CachedFrame(size=int(size.read_text()), path=frame) if frame.is_file() else None
-        except (OSError, ValueError):
+            return CachedFrame(size=int(json.loads(meta.read_text())["size"]), path=frame) if frame.is_file() else None
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def has(self, digests: list[str]) -> bool:
         """True when every digest has a frame."""
         return all(self.lookup(d) is not None for d in digests)
 
+    def check(self, digests: list[str]) -> bool:
+        """True when every digest has a frame whose bytes are intact; a damaged entry is removed."""
+        for digest in digests:
+            entry = self.lookup(digest)
+            if entry is None:
+                return False
+            try:
+                expected = json.loads((self.folder / f"{digest}.meta").read_text())["frame_sha256"]
+                actual = _sha256_file(entry.path)
+            except (OSError, ValueError, KeyError):
+                expected, actual = "", "unreadable"
+            if actual != expected:
+                self.forget(digest)
+                return False
+        return True
+
+    def forget(self, digest_hex: str) -> None:
+        """Drop one entry."""
+        for suffix in (".zst", ".meta"):
+            (self.folder / f"{digest_hex}{suffix}").unlink(missing_ok=True)
+
     def store(self, digest_hex: str, size: int, archive: Path, offset: int, length: int) -> None:
         """Copy a frame just written to ``archive`` at ``offset`` into the cache (atomically)."""
         if self.lookup(digest_hex) is not None:
             return
         temporary = self.folder / f".{digest_hex}.{os.getpid()}.tmp"
+        frame_digest = hashlib.sha256()
         with open(archive, "rb") as source, open(temporary, "wb") as target:
             source.seek(offset)
             remaining = length
@@ -77,9 +100,10 @@ class MemberCache:
                 chunk = source.read(min(CHUNK, remaining))
                 if not chunk:
                     raise OSError(f"{archive} is shorter than expected")
+                frame_digest.update(chunk)
                 target.write(chunk)
                 remaining -= len(chunk)
-        (self.folder / f"{digest_hex}.size").write_text(str(size))
+        (self.folder / f"{digest_hex}.meta").write_text(json.dumps({"size": size, "frame_sha256": frame_digest.hexdigest()}))
         os.replace(temporary, self.folder / f"{digest_hex}.zst")
 
     def digest_of_path(self, save_path: str) -> Optional[str]:
@@ -103,3 +127,11 @@ class MemberCache:
     def clear(self) -> None:
         """Remove everything."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -223,7 +223,7 @@ class _ImageStreamer:
         to_save = []
         for record in records:
             needed = [digest_hex(record.id)] + [digest_hex(d) for d in record.diff_ids if digest_hex(d) in wanted]
-            if self.cache is not None and self.cache.has(needed):
+            if self.cache is not None and self.cache.check(needed):
                 for digest in needed:
                     self._from_cache(digest, config=digest in configs)
             else:
@@ -266,7 +266,7 @@ class _ImageStreamer:
         if known is not None and (known in self.written or known not in wanted):
             _drain(saved.chunks)  # a layer already written, or one this archive leaves out
             return
-        if known is not None and self.cache is not None and self.cache.lookup(known) is not None:
+        if known is not None and self.cache is not None and self.cache.check([known]):
             _drain(saved.chunks)  # identified by its save path: copy the earlier compressed frame
             self._from_cache(known, config=known in configs)
             return

@@ -49,3 +49,15 @@ def build_engine(harness: Harness) -> Iterator[docker.DockerClient]:
 def target_engine(harness: Harness) -> Iterator[docker.DockerClient]:
     """Docker SDK client of the TARGET engine (air-gapped host, no network)."""
     yield from _client(harness.target_docker_host)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_bundle_cache(tmp_path_factory) -> Iterator[None]:
+    """Every build in the test session shares one member cache of its own, never the user's."""
+    previous = os.environ.get("AIRGAP_BUNDLE_CACHE")
+    os.environ["AIRGAP_BUNDLE_CACHE"] = str(tmp_path_factory.mktemp("bundle-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("AIRGAP_BUNDLE_CACHE", None)
+    else:
+        os.environ["AIRGAP_BUNDLE_CACHE"] = previous

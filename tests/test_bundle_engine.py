@@ -260,3 +260,21 @@ def test_no_pull_uses_the_engines_images_and_names_a_missing_one(built, keys, ha
     result = bundle("build", str(MANIFEST), "--source", str(SOURCE_DIR), "--key", str(keys["private"]), "-o", str(out),
                     "--lock", str(tmp_path / "l2.json"), "--no-kit", "--no-pull", docker_host=harness.build_docker_host, check=False)
     assert result.returncode == 1 and "minio/minio:latest: not on the engine, and --no-pull forbids pulling it" in result.stderr
+
+
+def test_warm_cache_rebuild_writes_the_same_members_without_the_engine(built, keys, harness, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    outs = []
+    for run in ("cold", "warm"):
+        out = tmp_path / run
+        result = bundle("build", str(MANIFEST), "--registry", REGISTRY, "--tag", TAG, "--source", str(SOURCE_DIR),
+                        "--key", str(keys["private"]), "-o", str(out), "--lock", str(tmp_path / f"{run}.json"), "--no-kit",
+                        "--cache-dir", str(cache), "--plain", docker_host=harness.build_docker_host)
+        outs.append(out / f"aimatrix-{TAG}.tar.zst")
+        if run == "warm":
+            assert "save + compress images ... done" in result.stderr
+    cold, _, _ = read_header(outs[0])
+    warm, _, _ = read_header(outs[1])
+    assert {(m.path, m.sha256, m.size) for m in cold.members} == {(m.path, m.sha256, m.size) for m in warm.members}
+    bundle("verify", str(outs[1]), "--pubkey", str(keys["public"]), docker_host=harness.build_docker_host)
+    assert any(cache.rglob("*.zst"))
