@@ -8,7 +8,6 @@ Engines whose image store needs every blob (containerd) get every layer.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -26,6 +25,7 @@ from .archive import (
     layer_path,
 )
 from .archive.layout import END_OF_ARCHIVE, padding_for
+from .archive.verify import BackgroundDigest
 from .archive.writer import tar_header
 from .engine import EngineInventory, chain_ids
 
@@ -97,7 +97,7 @@ def docker_archive_stream(
                 time.sleep(delay)
             inner = member.name[len(IMAGES_DIR) + 1:]
             yield tar_header(inner, member.size)
-            digest = hashlib.sha256()
+            digest = BackgroundDigest()
             sent = 0
             for chunk in member.chunks():
                 digest.update(chunk)
