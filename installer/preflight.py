@@ -6,7 +6,6 @@ what to do about it.
 from __future__ import annotations
 
 import errno
-import os
 import re
 import shutil
 import socket
@@ -155,7 +154,7 @@ def _port_checks(header: BundleHeader, client, project: str, values: dict[str, s
             checks.append(Check(name, True, "held by this stack"))
         elif port in others:
             checks.append(Check(name, False, f"in use by container {others[port]}",
-                                f"stop that container, or choose another port with --set"))
+                                "stop that container, or choose another port with --set"))
         elif not _port_free(port, protocol):
             checks.append(Check(name, False, "in use by a process on this host",
                                 f"find it with 'ss -ltnp sport = :{port}' and stop it, or choose another port with --set"))

@@ -17,7 +17,7 @@ import zstandard
 from installer.archive import ArchiveReader, read_header
 from installer.engine import chain_ids
 from tests.harness import SOURCE_DIR
-from tests.test_install_engine import PROJECT, REGISTRY, airgap_install, engine_snapshot, in_namespace, tree_snapshot
+from tests.test_install_engine import PROJECT, REGISTRY, airgap_install, engine_snapshot, tree_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "aimatrix.yaml"
