@@ -23,10 +23,11 @@ from . import engine as engine_ops
 from .archive import BundleHeader, VerificationError, read_header, verify_archive
 from .compose import ComposeError, ComposeProject
 from .health import ServiceState, last_log_lines, wait_until_ready
-from .loader import docker_archive_stream, missing_members_in_archive
+from .loader import LoadPlan, docker_archive_stream, missing_members_in_archive
 from .preflight import PreflightReport, run_preflight
 from .site import (
     ENV_FILE,
+    SiteEnv,
     SiteError,
     activate,
     active_release,
@@ -166,66 +167,91 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
         clock.lap("lock")
         say(f"preflight: {options.archive}")
         header, prefix, report, _ = preflight(options, say)
+        assert report.load_plan is not None and report.compose is not None
         clock.lap("preflight")
-        say("verify: signature, then every member's sha256")
-        try:
-            verified = verify_archive(options.archive, options.keys, allow_untrusted=options.allow_untrusted)
-            header = verified.header
-        except VerificationError as exc:
-            raise InstallError(f"verification failed; nothing was changed: {exc}", getattr(exc, "problems", [])) from None
-        for warning in verified.warnings:
-            say(f"WARNING: {warning}")
-        say(f"  ok: {header.name} {header.version} signed by {verified.signer or 'NOBODY (override in force)'}")
-        check_version_order(prefix, header, options)
+        header = verify_for_install(options, prefix, say)
+        refuse_delta_without_base(header, report.load_plan)
         clock.lap("verify")
         client = engine_ops.connect()
-        plan = report.load_plan
-        assert plan is not None and report.compose is not None
-        absent = missing_members_in_archive(header, plan)
-        if absent:
-            base = (header.base or {}).get("version", "an earlier release")
-            raise InstallError(
-                f"this archive is a delta built against {header.name} {base}, and the engine lacks {len(absent)} of the "
-                f"images or layers it leaves out; install {base} first (or use the full archive). Nothing was changed.",
-                absent[:10],
-            )
-        loaded: list[str] = []
-        if plan.empty:
-            say("load: the engine already has every image; nothing to load")
-        else:
-            say(f"load: {len(plan.images)} image(s), {len(plan.layers)} layer(s), {plan.layer_bytes / 1e6:.1f} MB "
-                f"(the engine has {len(plan.present_images)} image(s) already)")
-            try:
-                loaded = engine_ops.load(client, docker_archive_stream(options.archive, header, plan))
-            except VerificationError as exc:
-                raise InstallError(f"load aborted: {exc}") from None
+        loaded = load_missing(client, options.archive, header, report.load_plan, say)
         tagged = fill_in_names(client, header, say)
         clock.lap("load")
-        existing_env = read_env(prefix / ENV_FILE)
-        env = resolve_env(header, existing_env, options.sets)
-        header_bytes = read_header(options.archive)[1]
-        release = write_release(prefix, options.archive, header, header_bytes)
-        if env.changed or not (prefix / ENV_FILE).exists():
-            write_env(prefix / ENV_FILE, env, header)
-        if env.generated:
-            say(f"site: generated {len(env.generated)} secret(s) in {prefix / ENV_FILE} (mode 0600)")
+        release, env = write_site(prefix, options, header, say)
         fallback = last_healthy(prefix)
         activate(prefix, release)
         clock.lap("site")
         project = ComposeProject(report.compose, header.release.get("project", header.name), release, prefix / ENV_FILE)
-        try:
-            states = bring_up(client, project, header, options.timeout, say)
-        except InstallError as failure:
-            if fallback is None or fallback.name == release.name:
-                raise
-            roll_back_after_failure(client, prefix, project, fallback, failure, options.timeout, say)
-            raise  # roll_back_after_failure always raises
-        mark_healthy(prefix, release)
+        states = up_or_roll_back(client, prefix, project, header, fallback, options.timeout, say)
         clock.lap("up")
-        endpoints = resolve_endpoints(header, env.values)
-        return InstallResult(prefix=prefix, release=release, loaded_images=loaded, loaded_layer_bytes=plan.layer_bytes,
-                             tagged=tagged, generated_secrets=env.generated, states=states, endpoints=endpoints,
-                             seconds=time.monotonic() - started, timings=clock.timings)
+        return InstallResult(prefix=prefix, release=release, loaded_images=loaded, loaded_layer_bytes=report.load_plan.layer_bytes,
+                             tagged=tagged, generated_secrets=env.generated, states=states,
+                             endpoints=resolve_endpoints(header, env.values), seconds=time.monotonic() - started,
+                             timings=clock.timings)
+
+
+def verify_for_install(options: InstallOptions, prefix: Path, say: Say) -> BundleHeader:
+    """Signature, then every member's digest, then the version order; the signed header."""
+    say("verify: signature, then every member's sha256")
+    try:
+        verified = verify_archive(options.archive, options.keys, allow_untrusted=options.allow_untrusted)
+    except VerificationError as exc:
+        raise InstallError(f"verification failed; nothing was changed: {exc}", getattr(exc, "problems", [])) from None
+    for warning in verified.warnings:
+        say(f"WARNING: {warning}")
+    header = verified.header
+    say(f"  ok: {header.name} {header.version} signed by {verified.signer or 'NOBODY (override in force)'}")
+    check_version_order(prefix, header, options)
+    return header
+
+
+def refuse_delta_without_base(header: BundleHeader, plan: LoadPlan) -> None:
+    """A delta whose left-out images or layers the engine lacks is refused before anything changes."""
+    absent = missing_members_in_archive(header, plan)
+    if absent:
+        base = (header.base or {}).get("version", "an earlier release")
+        raise InstallError(
+            f"this archive is a delta built against {header.name} {base}, and the engine lacks {len(absent)} of the "
+            f"images or layers it leaves out; install {base} first (or use the full archive). Nothing was changed.",
+            absent[:10],
+        )
+
+
+def load_missing(client: docker.DockerClient, archive: Path, header: BundleHeader, plan: LoadPlan, say: Say) -> list[str]:
+    """Stream what the engine lacks into its load; return the names it reported."""
+    if plan.empty:
+        say("load: the engine already has every image; nothing to load")
+        return []
+    say(f"load: {len(plan.images)} image(s), {len(plan.layers)} layer(s), {plan.layer_bytes / 1e6:.1f} MB "
+        f"(the engine has {len(plan.present_images)} image(s) already)")
+    try:
+        return engine_ops.load(client, docker_archive_stream(archive, header, plan))
+    except VerificationError as exc:
+        raise InstallError(f"load aborted: {exc}") from None
+
+
+def write_site(prefix: Path, options: InstallOptions, header: BundleHeader, say: Say) -> tuple[Path, SiteEnv]:
+    """The release folder and the environment file (secrets generated once, kept afterwards)."""
+    env = resolve_env(header, read_env(prefix / ENV_FILE), options.sets)
+    release = write_release(prefix, options.archive, header, read_header(options.archive)[1])
+    if env.changed or not (prefix / ENV_FILE).exists():
+        write_env(prefix / ENV_FILE, env, header)
+    if env.generated:
+        say(f"site: generated {len(env.generated)} secret(s) in {prefix / ENV_FILE} (mode 0600)")
+    return release, env
+
+
+def up_or_roll_back(client: docker.DockerClient, prefix: Path, project: ComposeProject, header: BundleHeader,
+                    fallback: Optional[Path], timeout: float, say: Say) -> list[ServiceState]:
+    """Bring the release up; if it fails and an earlier release was healthy, return to that one."""
+    try:
+        states = bring_up(client, project, header, timeout, say)
+    except InstallError as failure:
+        if fallback is None or fallback.name == project.directory.name:
+            raise
+        roll_back_after_failure(client, prefix, project, fallback, failure, timeout, say)
+        raise  # roll_back_after_failure always raises
+    mark_healthy(prefix, project.directory)
+    return states
 
 
 def _prefix_from_archive(archive: Path) -> Path:
