@@ -69,7 +69,13 @@ def shell(command: str, env: dict) -> float:
     return time.monotonic() - started
 
 
-def median(runs: list[float]) -> float:
+RUNS: dict[str, list[float]] = {}
+
+
+def median(runs: list[float], name: str = "") -> float:
+    """The median; every run is kept in the results too (``runs``)."""
+    if name:
+        RUNS[name] = [round(r, 3) for r in runs]
     return statistics.median(runs)
 
 
@@ -112,17 +118,17 @@ def main() -> None:
                                   "unique_layer_bytes": unique, "per_image_bytes": per_image}
 
     say("export floor: docker save of all images to /dev/null")
-    figures["save_devnull_s"] = median(repeat(args.repeat, lambda: shell(f"{DOCKER} save {all_refs} > /dev/null", build_env)))
+    figures["save_devnull_s"] = median(repeat(args.repeat, lambda: shell(f"{DOCKER} save {all_refs} > /dev/null", build_env)), "save_devnull_s")
 
     say("export (a): docker save per image | gzip")
     (work / "gz").mkdir()
     per_image = " ; ".join(f"{DOCKER} save {r} | gzip -c > {work}/gz/{i}.tar.gz" for i, r in enumerate(refs))
-    figures["export_gzip_s"] = median(repeat(args.repeat, lambda: shell(per_image, build_env)))
+    figures["export_gzip_s"] = median(repeat(args.repeat, lambda: shell(per_image, build_env)), "export_gzip_s")
     figures["export_gzip_bytes"] = sum(p.stat().st_size for p in (work / "gz").glob("*.tar.gz"))
 
     say("export (b): docker save of all | zstd -T0 -3")
     zst = work / "all.tar.zst"
-    figures["export_zstd_s"] = median(repeat(args.repeat, lambda: shell(f"{DOCKER} save {all_refs} | zstd -T0 -3 -q -f -o {zst}", build_env)))
+    figures["export_zstd_s"] = median(repeat(args.repeat, lambda: shell(f"{DOCKER} save {all_refs} | zstd -T0 -3 -q -f -o {zst}", build_env)), "export_zstd_s")
     figures["export_zstd_bytes"] = zst.stat().st_size
 
     say("export (c): airgap-bundle build, images present, empty cache")
@@ -133,7 +139,7 @@ def main() -> None:
         cold.append(run_measured(bundle + [str(manifest_v1), "-o", str(out1), "--lock", str(work / "v1.lock.json")],
                                  dict(build_env, AIRGAP_BUNDLE_CACHE=str(cache))))
     archive_v1 = out1 / "bench-v1.tar.zst"
-    figures["bundle_s"] = median([m.seconds for m in cold])
+    figures["bundle_s"] = median([m.seconds for m in cold], "bundle_s")
     figures["bundle_peak_rss_mb"] = max(m.peak_rss_kb for m in cold) / 1024
     figures["bundle_bytes"] = archive_v1.stat().st_size
 
@@ -144,7 +150,7 @@ def main() -> None:
         subprocess.run(["rm", "-rf", str(out2)], check=True)
         warm.append(run_measured(bundle + [str(manifest_v2), "-o", str(out2), "--lock", str(work / "v2.lock.json")],
                                  dict(build_env, AIRGAP_BUNDLE_CACHE=str(cache))))
-    figures["bundle_next_s"] = median([m.seconds for m in warm])
+    figures["bundle_next_s"] = median([m.seconds for m in warm], "bundle_next_s")
     archive_v2 = out2 / "bench-v2.tar.zst"
     figures["bundle_next_bytes"] = archive_v2.stat().st_size
     out_delta = work / "delta"
@@ -157,10 +163,11 @@ def main() -> None:
     reset = harness.reset_target
     say("install (a): gunzip | docker load per image, empty engine")
     gz_load = " ; ".join(f"gunzip -c {work}/gz/{i}.tar.gz | {DOCKER} load -q > /dev/null" for i in range(len(refs)))
-    figures["install_gzip_s"] = median(repeat(args.repeat, lambda: shell(gz_load, target_env), reset))
+    figures["install_gzip_s"] = median(repeat(args.repeat, lambda: shell(gz_load, target_env), reset), "install_gzip_s")
 
     say("install (b): zstd -dc | docker load, empty engine")
-    figures["install_zstd_s"] = median(repeat(args.repeat, lambda: shell(f"zstd -dc {zst} | {DOCKER} load -q > /dev/null", target_env), reset))
+    figures["install_zstd_s"] = median(repeat(args.repeat, lambda: shell(f"zstd -dc {zst} | {DOCKER} load -q > /dev/null", target_env), reset),
+                                       "install_zstd_s")
 
     say("install (c): airgap-install install, empty engine")
     installs = []
@@ -170,7 +177,7 @@ def main() -> None:
         prefix = work / f"site{run}"
         installs.append(run_measured(install + [str(archive_v1), "--prefix", str(prefix)], target_env))
     timings = [_timings(m) for m in installs]
-    figures["install_verify_load_s"] = median([t["preflight"] + t["verify"] + t["load"] for t in timings])
+    figures["install_verify_load_s"] = median([t["preflight"] + t["verify"] + t["load"] for t in timings], "install_verify_load_s")
     figures["install_verify_s"] = median([t["verify"] for t in timings])
     figures["install_up_s"] = median([t["up"] for t in timings])
     figures["install_total_s"] = median([m.seconds for m in installs])
@@ -188,6 +195,7 @@ def main() -> None:
         figures[f"upgrade_{kind}_verify_load_s"] = median([_timings(m)["verify"] + _timings(m)["load"] for m in runs])
         figures[f"upgrade_{kind}_total_s"] = median([m.seconds for m in runs])
     reset()
+    figures["runs"] = RUNS
     write_results(args.out, figures)
     print((args.out / "latest.md").read_text())
 

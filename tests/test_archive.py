@@ -259,3 +259,23 @@ def test_split_archive_reads_back_and_names_a_missing_or_damaged_part(tmp_path: 
     parts[1].unlink()
     with pytest.raises(VerificationError, match=r"part 2 of \d+ \(demo-v1.tar.zst.part002\) is missing"):
         verify_archive(tmp_path, [public])
+
+
+def test_load_stream_refuses_a_config_changed_after_verification(tmp_path: Path, keypair) -> None:
+    from dataclasses import replace
+
+    from installer.archive import MemberRecord
+    from installer.engine import EngineInventory
+    from installer.loader import docker_archive_stream, plan_load
+
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    write_bundle(archive, private)
+    header = verify_archive(archive, [public]).header
+    plan = plan_load(header, EngineInventory(image_ids=set(), chains=set(), tags={}))
+    streamed = b"".join(docker_archive_stream(archive, header, plan))
+    assert tarfile.open(fileobj=io.BytesIO(streamed)).getnames()[0] == "manifest.json"
+    config = next(m for m in header.members if m.path.endswith(".json") and m.path != "images/manifest.json")
+    swapped = replace(header, members=[MemberRecord(m.path, "0" * 64, m.size) if m == config else m for m in header.members])
+    with pytest.raises(VerificationError, match="changed after verification"):
+        b"".join(docker_archive_stream(archive, swapped, plan))
