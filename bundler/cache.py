@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from installer.archive.layout import CHUNK
+from installer.archive.layout import CHUNK, sha256_file
 
 DEFAULT_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "airgap-bundle" / "members"
 
@@ -74,7 +74,7 @@ class MemberCache:
                 return False
             try:
                 expected = json.loads((self.folder / f"{digest}.meta").read_text())["frame_sha256"]
-                actual = _sha256_file(entry.path)
+                actual = sha256_file(entry.path)
             except (OSError, ValueError, KeyError):
                 expected, actual = "", "unreadable"
             if actual != expected:
@@ -127,11 +127,3 @@ class MemberCache:
     def clear(self) -> None:
         """Remove everything."""
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -5,7 +5,6 @@ back as EngineError with a message that says what to do.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -14,15 +13,11 @@ import docker
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 
 from installer.archive.tarstream import TarStream, TarStreamError
+from installer.engine import EngineError, connect, info_platform  # noqa: F401 - connect: re-exported, one for both tools
 
 from .refs import parse_ref
 
 ProgressEvent = Callable[[dict], None]
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
-
-
-class EngineError(Exception):
-    """The engine could not do what was asked; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -37,24 +32,9 @@ class ImageFacts:
     tags: list[str]
 
 
-def connect(timeout: int = 600) -> docker.DockerClient:
-    """A client for the engine at DOCKER_HOST (or the default socket), checked to answer."""
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except DockerException as exc:
-        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise EngineError(
-            f"cannot reach the Docker engine at {where} ({exc}). Start dockerd, or set DOCKER_HOST to its socket."
-        ) from None
-    return client
-
-
 def host_platform(client: docker.DockerClient) -> str:
     """The engine's own platform as ``os/arch`` (``linux/amd64``)."""
-    info = client.info()
-    arch = _ARCH.get(info.get("Architecture", ""), info.get("Architecture", "unknown"))
-    return f"{info.get('OSType', 'linux')}/{arch}"
+    return info_platform(client.info())
 
 
 def image_platform(attrs: dict) -> str:
@@ -214,10 +194,3 @@ def saved_files(response, chunk_size: int = 1 << 20) -> Iterator[SavedFile]:
     finally:
         response.close()
 
-
-def save_stream(client: docker.DockerClient, image_ids: Iterable[str], chunk_size: int = 1 << 20) -> Iterator[SavedFile]:
-    """Stream the engine's ``docker save`` of several images, file by file, with nothing on local disk.
-
-    The engine writes each shared layer once (later copies are symlinks, skipped here).
-    """
-    return saved_files(open_save(client, image_ids), chunk_size)

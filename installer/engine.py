@@ -9,7 +9,7 @@ from typing import Iterable, Iterator, Optional
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
 
 
 class EngineError(Exception):
@@ -45,11 +45,16 @@ def connect(timeout: int = 900) -> docker.DockerClient:
     return client
 
 
+def info_platform(info: dict) -> str:
+    """The engine's own platform as ``os/arch`` (``linux/amd64``) from its ``info``."""
+    arch = _ARCH.get(info.get("Architecture", ""), info.get("Architecture", "unknown"))
+    return f"{info.get('OSType', 'linux')}/{arch}"
+
+
 def engine_facts(client: docker.DockerClient) -> EngineFacts:
     """Version, platform, data root and image store of the engine."""
     info = client.info()
     version = client.version()
-    arch = _ARCH.get(info.get("Architecture", ""), info.get("Architecture", "unknown"))
     driver = info.get("Driver", "")
     driver_status = {str(k): str(v) for k, v in (info.get("DriverStatus") or [])}
     # The containerd image store keeps compressed blobs and wants every one of them in a load.
@@ -57,7 +62,7 @@ def engine_facts(client: docker.DockerClient) -> EngineFacts:
     return EngineFacts(
         version=str(version.get("Version", "unknown")),
         api_version=str(version.get("ApiVersion", "unknown")),
-        platform=f"{info.get('OSType', 'linux')}/{arch}",
+        platform=info_platform(info),
         data_root=str(info.get("DockerRootDir", "/var/lib/docker")),
         storage_driver=driver,
         needs_every_blob=containerd_store,

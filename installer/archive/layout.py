@@ -9,6 +9,7 @@ that is not used is a zstd *skippable frame*, which every zstd decoder
 """
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 import struct
@@ -79,3 +80,12 @@ def check_member_name(name: str) -> str:
     if posixpath.normpath(name) != name:
         raise ValueError(f"unsafe member name {name!r}")
     return name
+
+
+def sha256_file(path) -> str:
+    """sha256 (hex) of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional
 
-from .layout import CHUNK
+from .layout import CHUNK, sha256_file
 
 INDEX_SUFFIX = ".parts.json"
 _PART = re.compile(r"^(?P<archive>.+\.tar\.zst)\.part(?P<number>\d{3,})$")
@@ -62,7 +62,7 @@ def split_archive(archive: Path, part_size: int) -> Path:
         source.flush()
     first = archive.with_name(f"{archive.name}.part001")
     os.replace(archive, first)
-    parts[0] = Part(first.name, first.stat().st_size, _sha256_file(first))
+    parts[0] = Part(first.name, first.stat().st_size, sha256_file(first))
     index = archive.with_name(archive.name + INDEX_SUFFIX)
     index.write_text(json.dumps({"archive": archive.name, "parts": [p.__dict__ for p in parts]}, indent=2) + "\n")
     return index
@@ -79,14 +79,6 @@ def _copy_range(source: BinaryIO, start: int, end: int, target: Path) -> Part:
             out.write(chunk)
             remaining -= len(chunk)
     return Part(target.name, end - start, digest.hexdigest())
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def find_index(path: Path) -> Optional[Path]:
@@ -130,7 +122,7 @@ def check_parts(index: Path, *, digests: bool) -> list[Part]:
             raise PartsError(f"{label} is missing from {index.parent}")
         if path.stat().st_size != part.size:
             raise PartsError(f"{label} has {path.stat().st_size} bytes, the index says {part.size}: incomplete or damaged copy")
-        if digests and _sha256_file(path) != part.sha256:
+        if digests and sha256_file(path) != part.sha256:
             raise PartsError(f"{label} is damaged: its sha256 does not match the index")
     return parts
 
