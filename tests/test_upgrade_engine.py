@@ -228,7 +228,8 @@ def test_sigkill_during_up_then_rerun_ends_healthy(harness, releases, target_eng
     process = _start_install(harness, releases["v0.3.5"], prefix, releases["pubkey"], {})
 
     def some_containers_started() -> bool:
-        containers = target_engine.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"})
+        # the low-level list: the high-level one inspects each container, racing compose as it recreates them
+        containers = target_engine.api.containers(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"})
         return 0 < len(containers)
 
     _kill_when(process, some_containers_started)
