@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,6 +43,7 @@ from .plan import Plan
 from .progress import Reporter
 
 COMPOSE_FILE = "docker-compose.yml"
+SAVES_AHEAD = 2  # engine exports under way at once
 _CONFIG_NAME = re.compile(r"^(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?$")
 
 
@@ -229,20 +231,24 @@ class _ImageStreamer:
             else:
                 to_save.append(record)
         batches = batches_by_base(to_save)
-        with ThreadPoolExecutor(max_workers=1) as prefetch:
-            # While one batch streams in, the engine already exports the next one.
-            pending = prefetch.submit(open_save, self.client, [r.id for r in batches[0]]) if batches else None
+        with ThreadPoolExecutor(max_workers=SAVES_AHEAD) as engine:
+            # The engine (Docker 20.10) writes a whole export out before its first byte, on one core:
+            # keeping two exports under way uses the second core from the start, and the next ones
+            # are ready by the time a batch has streamed in.
+            pending = deque(engine.submit(open_save, self.client, [r.id for r in b]) for b in batches[:SAVES_AHEAD])
+            queued = len(pending)
             try:
-                for index in range(len(batches)):
-                    response = pending.result()
-                    pending = prefetch.submit(open_save, self.client, [r.id for r in batches[index + 1]]) \
-                        if index + 1 < len(batches) else None
+                while pending:
+                    response = pending.popleft().result()
+                    if queued < len(batches):
+                        pending.append(engine.submit(open_save, self.client, [r.id for r in batches[queued]]))
+                        queued += 1
                     for saved in saved_files(response):
                         self.task.step(len(self.written), len(wanted), "layers+configs")
                         self._take(saved, wanted, configs, every_layer)
             finally:
-                if pending is not None:
-                    pending.add_done_callback(lambda done: done.exception() or done.result().close())
+                for future in pending:
+                    future.add_done_callback(lambda done: done.exception() or done.result().close())
         missing = wanted - self.written
         if missing:
             raise EngineError(
@@ -299,11 +305,16 @@ class _ImageStreamer:
 
 
 def batches_by_base(records: list[ImageRecord]) -> list[list[ImageRecord]]:
-    """Images grouped by their bottom layer: groups share no layer chain, so saving them apart costs the engine nothing extra."""
+    """Images grouped by their bottom layer, smallest group first.
+
+    Groups share no layer chain, so saving them apart costs the engine nothing
+    extra; the smallest goes first because nothing can be compressed before
+    the engine has written out the first one.
+    """
     groups: dict[str, list[ImageRecord]] = {}
     for record in records:
         groups.setdefault(record.diff_ids[0] if record.diff_ids else record.id, []).append(record)
-    return list(groups.values())
+    return sorted(groups.values(), key=lambda group: sum(r.size or 0 for r in group))
 
 
 def _drain(chunks) -> None:
