@@ -6,7 +6,7 @@ those frames by the sha256 of their content (a layer's diffID, a config's image
 ID), per compression level, and remembers which path of the engine's save
 stream held which layer, so a later save can be matched without hashing.
 
-    ROOT/level-3/<sha256>.zst     the frame (data and tar padding)
+    ROOT/level-3/<sha256>.zst     the member's frames (data and tar padding)
     ROOT/level-3/<sha256>.meta    the member's size and the frame's own sha256 (checked before reuse)
     ROOT/save-paths.json          "<v1 id>/layer.tar" -> sha256 (legacy save streams)
 
@@ -14,7 +14,6 @@ Delete the folder at any time: the next build just compresses again.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from installer.archive.layout import CHUNK, sha256_file
+from installer.archive.layout import copy_range, sha256_file
+from installer.archive.writer import DataFrame
 
 DEFAULT_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "airgap-bundle" / "members"
 
@@ -87,23 +87,14 @@ class MemberCache:
         for suffix in (".zst", ".meta"):
             (self.folder / f"{digest_hex}{suffix}").unlink(missing_ok=True)
 
-    def store(self, digest_hex: str, size: int, archive: Path, offset: int, length: int) -> None:
-        """Copy a frame just written to ``archive`` at ``offset`` into the cache (atomically)."""
+    def store(self, digest_hex: str, size: int, frame: DataFrame) -> None:
+        """Copy a member's frames, just written to an archive, into the cache (atomically, inside the kernel)."""
         if self.lookup(digest_hex) is not None:
             return
         temporary = self.folder / f".{digest_hex}.{os.getpid()}.tmp"
-        frame_digest = hashlib.sha256()
-        with open(archive, "rb") as source, open(temporary, "wb") as target:
-            source.seek(offset)
-            remaining = length
-            while remaining:
-                chunk = source.read(min(CHUNK, remaining))
-                if not chunk:
-                    raise OSError(f"{archive} is shorter than expected")
-                frame_digest.update(chunk)
-                target.write(chunk)
-                remaining -= len(chunk)
-        (self.folder / f"{digest_hex}.meta").write_text(json.dumps({"size": size, "frame_sha256": frame_digest.hexdigest()}))
+        with open(frame.path, "rb") as source, open(temporary, "wb") as target:
+            copy_range(source.fileno(), target.fileno(), frame.offset, frame.length, 0)
+        (self.folder / f"{digest_hex}.meta").write_text(json.dumps({"size": size, "frame_sha256": frame.sha256}))
         os.replace(temporary, self.folder / f"{digest_hex}.zst")
 
     def digest_of_path(self, save_path: str) -> Optional[str]:
@@ -127,3 +118,4 @@ class MemberCache:
     def clear(self) -> None:
         """Remove everything."""
         shutil.rmtree(self.root, ignore_errors=True)
+

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from installer import __version__ as tool_version
 from installer.archive import (
+    IMAGES_DIR,
     IMAGES_MANIFEST,
     ArchiveWriter,
     BundleHeader,
@@ -33,6 +34,7 @@ from installer.archive import (
     layer_path,
     release_path,
 )
+from installer.archive.writer import DataFrame
 from installer.engine import chain_ids
 from installer.signing import fingerprint, sign
 
@@ -153,7 +155,8 @@ def write_bundle(
 
     provisional = make_header(_provisional_members(content, release_files))
     reserve = header_room(provisional.to_bytes(), level)
-    with ArchiveWriter(output, header_reserve=reserve, level=level) as writer:
+    keep = None if cache is None else lambda record, frame: _keep_in_cache(cache, record, frame)
+    with ArchiveWriter(output, header_reserve=reserve, level=level, on_data_written=keep) as writer:
         writer.add_bytes(IMAGES_MANIFEST, docker_load_manifest(content.images))
         if content.images:
             with reporter.task("save + compress images", total=len(content.images) + len(content.layers)) as task:
@@ -292,8 +295,6 @@ class _ImageStreamer:
         self.path_digests[saved.name] = record.sha256
         if self.cache is not None:
             self.cache.remember_path(saved.name, record.sha256)
-            self.writer.flush()
-            self.cache.store(record.sha256, record.size, self.writer.partial_path, *self.writer.last_data_span)
 
     def _layer_name(self, save_path: str, sha: str, wanted: set[str], every_layer: set[str]) -> Optional[str]:
         if sha not in every_layer:
@@ -302,6 +303,12 @@ class _ImageStreamer:
         if self.cache is not None:
             self.cache.remember_path(save_path, sha)
         return None if sha in self.written or sha not in wanted else layer_path(sha)
+
+
+def _keep_in_cache(cache: MemberCache, record: MemberRecord, frame: DataFrame) -> None:
+    """Copy a layer's or config's frames, just written, into the cache."""
+    if record.path.startswith(f"{IMAGES_DIR}/") and record.path != IMAGES_MANIFEST:
+        cache.store(digest_hex(record.sha256), record.size, frame)
 
 
 def batches_by_base(records: list[ImageRecord]) -> list[list[ImageRecord]]:

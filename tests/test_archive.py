@@ -76,10 +76,10 @@ def _finish_unsigned(writer: ArchiveWriter, data: bytes) -> None:
     from installer.archive.writer import tar_header
     import os
 
-    writer._file.write(writer._small_compressor.compress(END_OF_ARCHIVE))
+    writer._out.put(writer._small_compressor.compress(END_OF_ARCHIVE))
+    writer._out.drain()
     front = writer._small_compressor.compress(tar_header("bundle.json", len(data)) + data + padding_for(len(data)))
-    writer._file.seek(0)
-    writer._file.write(front + skippable_frame(writer.header_reserve - len(front)))
+    os.pwrite(writer._file.fileno(), front + skippable_frame(writer.header_reserve - len(front)), 0)
     writer._file.close()
     os.replace(writer.partial_path, writer.path)
     writer._finished = True
@@ -279,3 +279,23 @@ def test_load_stream_refuses_a_config_changed_after_verification(tmp_path: Path,
     swapped = replace(header, members=[MemberRecord(m.path, "0" * 64, m.size) if m == config else m for m in header.members])
     with pytest.raises(VerificationError, match="changed after verification"):
         b"".join(docker_archive_stream(archive, swapped, plan))
+
+
+def test_writer_reports_where_each_members_frames_lie_and_their_hash(tmp_path: Path) -> None:
+    from installer.archive.layout import DATA_BLOCK
+
+    layer = _layer_bytes("gamma", 7000) * (2 * DATA_BLOCK // 7000 + 3)  # spans three data blocks
+    reported = []
+    path = tmp_path / "frames.tar.zst"
+    with ArchiveWriter(path, header_reserve=64 * 1024, on_data_written=lambda r, f: reported.append((r, f, f.path.read_bytes()))) as writer:
+        writer.add_stream(layer_path(hashlib.sha256(layer).hexdigest()), len(layer), [layer[i:i + 65536] for i in range(0, len(layer), 65536)])
+        writer.add_bytes("release/small.txt", b"small")
+        writer._out.drain()
+    assert [r.path for r, _, _ in reported] == [layer_path(hashlib.sha256(layer).hexdigest()), "release/small.txt"]
+    for record, frame, file_bytes in reported:
+        raw = file_bytes[frame.offset:frame.offset + frame.length]
+        assert frame.sha256 == hashlib.sha256(raw).hexdigest()
+        data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True).read()
+        expected = layer if record.path.endswith("layer.tar") else b"small"
+        assert data[:len(expected)] == expected and set(data[len(expected):]) <= {0} and len(data) % 512 == 0
+    assert reported[0][1].length < len(layer)

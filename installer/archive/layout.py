@@ -1,7 +1,9 @@
 """Names, constants and zstd framing shared by the archive writer and reader.
 
-The archive is a POSIX tar compressed with zstd. Every tar header and every
-member's data is its own zstd frame, so a member's compressed bytes stand alone:
+The archive is a POSIX tar compressed with zstd. Every tar header is its own
+zstd frame and every member's data is a run of its own frames (one per
+``DATA_BLOCK`` bytes, compressed independently and in parallel), so a
+member's compressed bytes stand alone:
 a reader can stop after the signed header, and a writer can reserve room for a
 header, stream data behind it and fill the header in afterwards. Reserved room
 that is not used is a zstd *skippable frame*, which every zstd decoder
@@ -9,7 +11,9 @@ that is not used is a zstd *skippable frame*, which every zstd decoder
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import posixpath
 import re
 import struct
@@ -27,6 +31,7 @@ SKIPPABLE_MAGIC = 0x184D2A50
 SKIPPABLE_OVERHEAD = 8
 MEMBER_HEADER_SLOT = 2048
 CHUNK = 1 << 20
+DATA_BLOCK = 8 << 20  # member data is compressed as independent frames of about this size
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -89,3 +94,26 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: handle.read(CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def copy_range(source: int, target: int, offset: int, length: int, target_offset: int) -> None:
+    """Copy ``length`` bytes at ``offset`` of file descriptor ``source`` to ``target_offset`` of ``target``.
+
+    Inside the kernel where the file system allows it, else through a buffer.
+    """
+    copied = 0
+    try:
+        while copied < length:
+            step = os.copy_file_range(source, target, length - copied, offset + copied, target_offset + copied)
+            if step == 0:
+                raise OSError(f"copying {length} bytes: the source ends after {copied}")
+            copied += step
+        return
+    except OSError as exc:
+        if copied or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    while copied < length:
+        chunk = os.pread(source, min(CHUNK, length - copied), offset + copied)
+        if not chunk:
+            raise OSError(f"copying {length} bytes: the source ends after {copied}")
+        copied += os.pwrite(target, chunk, target_offset + copied)

@@ -6,34 +6,60 @@ the end) and, for members whose name depends on their content, room for the
 tar header in front of their data. Everything is written to ``PATH.partial``
 and renamed into place by :meth:`ArchiveWriter.finish`; on any failure the
 partial file is removed, so a failed build never leaves a half archive behind.
+
+Member data is cut into blocks of about ``DATA_BLOCK`` bytes, each compressed
+as its own zstd frame on a pool of threads and written in order as the
+frames come back. The caller is never held up at a member's end: the next
+member's blocks go to the pool while the last ones of the previous member are
+still being compressed, so every core stays busy across member boundaries.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import tarfile
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 import zstandard
 
 from .header import MemberRecord
 from .layout import (
     BLOCK,
-    CHUNK,
+    DATA_BLOCK,
     END_OF_ARCHIVE,
     HEADER_NAME,
     MEMBER_HEADER_SLOT,
     SIGNATURE_NAME,
     SKIPPABLE_OVERHEAD,
     check_member_name,
+    copy_range,
     padding_for,
     skippable_frame,
 )
 
+MAX_THREADS = 8
+
 
 class ArchiveWriteError(Exception):
     """The archive could not be written as asked."""
+
+
+@dataclass(frozen=True)
+class DataFrame:
+    """Where a member's compressed data lies (file, offset, length), and the sha256 of those compressed bytes."""
+
+    path: Path
+    offset: int
+    length: int
+    sha256: str
+
+
+DataWritten = Callable[[MemberRecord, DataFrame], None]
 
 
 def tar_header(name: str, size: int, mtime: int = 0) -> bytes:
@@ -46,6 +72,64 @@ def tar_header(name: str, size: int, mtime: int = 0) -> bytes:
     return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
 
 
+class _OrderedOutput:
+    """Writes queued pieces to the file in queue order, each as soon as it and all before it are ready.
+
+    A piece is bytes, a future of bytes (a block being compressed), or a
+    callable run in its turn (to mark an offset, patch a slot, report a
+    member). Whoever queues blocks only while more than ``limit``
+    compressions are under way, which bounds memory.
+    """
+
+    def __init__(self, file, limit: int):
+        self.file = file
+        self.limit = limit
+        self._queue: deque[Union[bytes, Future, Callable[[], None]]] = deque()
+        self._in_flight = 0
+        self.hashing: Optional["hashlib._Hash"] = None  # while set, written bytes are also hashed into it
+
+    def put(self, piece: Union[bytes, Future, Callable[[], None]]) -> None:
+        """Queue a piece and write whatever is ready."""
+        self._queue.append(piece)
+        if isinstance(piece, Future):
+            self._in_flight += 1
+        self._write_ready(wait=False)
+
+    def drain(self) -> None:
+        """Write everything queued, waiting for compressions still under way."""
+        self._write_ready(wait=True)
+
+    def cancel(self) -> None:
+        """Drop everything queued (after a failure)."""
+        for piece in self._queue:
+            if isinstance(piece, Future):
+                piece.cancel()
+        self._queue.clear()
+        self._in_flight = 0
+
+    def _write_ready(self, wait: bool) -> None:
+        while self._queue:
+            head = self._queue[0]
+            if isinstance(head, Future):
+                if not head.done() and not wait and self._in_flight <= self.limit:
+                    return
+                data = head.result()
+                self._in_flight -= 1
+                self._write(data)
+            elif isinstance(head, bytes):
+                self._write(head)
+            else:
+                head()
+            self._queue.popleft()
+
+    def _write(self, data: bytes) -> None:
+        if self.hashing is not None:
+            self.hashing.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[self.file.write(view):]
+
+
 class ArchiveWriter:
     """Stream members into ``PATH`` (a ``.tar.zst``), then seal it with a signed header.
 
@@ -53,23 +137,33 @@ class ArchiveWriter:
     their signature once every member is added.
     """
 
-    def __init__(self, path: Path, *, header_reserve: int, level: int = 3, threads: int = -1, mtime: int = 0):
+    def __init__(
+        self, path: Path, *, header_reserve: int, level: int = 3, threads: int = -1, mtime: int = 0,
+        on_data_written: Optional[DataWritten] = None,
+    ):
+        """``threads``: compression threads (-1: one per core, at most 8).
+
+        ``on_data_written(record, frame)`` is called for each streamed member
+        once its compressed data is in the partial file (e.g. to copy it into a
+        cache); the frame's sha256 is only computed when this is given.
+        """
         self.path = Path(path)
         self.partial_path = self.path.with_name(self.path.name + ".partial")
         self.header_reserve = header_reserve
         self.mtime = mtime
+        self.level = level
         self.members: list[MemberRecord] = []
         self._names: set[str] = set()
-        # Multi-threaded, with 4 MiB jobs: the default job size (a multiple of the window) costs
-        # about twice the memory for no gain in speed or ratio at these levels.
-        self._compressor = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
-            level, threads=threads, job_size=4 << 20, write_checksum=0))
+        self._on_data_written = on_data_written
         self._small_compressor = zstandard.ZstdCompressor(level=level, write_checksum=False)
+        workers = min(os.cpu_count() or 1, MAX_THREADS) if threads < 1 else threads
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zstd")
+        self._compressors = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO = open(self.partial_path, "wb")
-        self._file.write(skippable_frame(header_reserve))
+        self._file = open(self.partial_path, "wb", buffering=0)
+        self._out = _OrderedOutput(self._file, limit=workers + 2)
+        self._out.put(skippable_frame(header_reserve))
         self._finished = False
-        self.last_data_span: tuple[int, int] = (0, 0)
 
     # -- context management -------------------------------------------------
     def __enter__(self) -> "ArchiveWriter":
@@ -80,7 +174,9 @@ class ArchiveWriter:
             self.abort()
 
     def abort(self) -> None:
-        """Close and delete the partial file."""
+        """Stop compressing, close and delete the partial file."""
+        self._out.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
         try:
             self._file.close()
         finally:
@@ -96,28 +192,27 @@ class ArchiveWriter:
         """Add a member read from a file on disk."""
         size = os.stat(source).st_size
         with open(source, "rb") as handle:
-            return self.add_stream(name, size, iter(lambda: handle.read(CHUNK), b""))
+            return self.add_stream(name, size, iter(lambda: handle.read(1 << 20), b""))
 
     def add_stream(self, name: str, size: int, chunks: Iterable[bytes]) -> MemberRecord:
         """Add a member of ``size`` bytes from ``chunks``, compressing as it streams."""
         self._claim(name)
-        self._write_frame(self._small_compressor, tar_header(name, size, self.mtime))
-        sha256 = self._write_data(size, chunks, name)
-        return self._record(name, sha256, size)
+        self._out.put(self._small_compressor.compress(tar_header(name, size, self.mtime)))
+        data_start = self._start_data()
+        sha256 = self._queue_data(size, chunks, name)
+        record = self._record(name, sha256, size)
+        self._end_data(record, data_start)
+        return record
 
     def add_precompressed(self, name: str, size: int, sha256: str, frame: Path) -> MemberRecord:
-        """Add a member whose data frame was compressed earlier (a cache entry), copying it as is.
+        """Add a member whose data frames were compressed earlier (a cache entry), copying them as they are.
 
         The caller vouches that ``frame`` decompresses to ``size`` bytes (plus
         tar padding) with this ``sha256``; readers check it like any member.
         """
         self._claim(name)
-        self._write_frame(self._small_compressor, tar_header(name, size, self.mtime))
-        start = self._file.tell()
-        with open(frame, "rb") as source:
-            for chunk in iter(lambda: source.read(CHUNK), b""):
-                self._file.write(chunk)
-        self.last_data_span = (start, self._file.tell() - start)
+        self._out.put(self._small_compressor.compress(tar_header(name, size, self.mtime)))
+        self._out.put(lambda: self._copy_in(frame))
         return self._record(name, sha256, size)
 
     def add_stream_named_by_digest(
@@ -129,32 +224,31 @@ class ArchiveWriter:
         member (the file is cut back to where it began). ``label`` names the
         source in error messages.
         """
-        start = self._file.tell()
-        self._file.write(skippable_frame(MEMBER_HEADER_SLOT))
-        sha256 = self._write_data(size, chunks, label)
+        slot: list[int] = []
+        self._out.put(lambda: slot.append(self._file.tell()))
+        self._out.put(skippable_frame(MEMBER_HEADER_SLOT))
+        data_start = self._start_data()
+        sha256 = self._queue_data(size, chunks, label)
         name = name_for(sha256)
         if name is None:
-            self._file.seek(start)
-            self._file.truncate()
+            self._out.put(lambda: self._cut_back(slot[0]))
             return None
         self._claim(name)
-        end = self._file.tell()
         header_frame = self._small_compressor.compress(tar_header(name, size, self.mtime))
         if len(header_frame) > MEMBER_HEADER_SLOT - SKIPPABLE_OVERHEAD:
             raise ArchiveWriteError(f"tar header of {name!r} does not fit its reserved slot")
-        self._file.seek(start)
-        self._file.write(header_frame + skippable_frame(MEMBER_HEADER_SLOT - len(header_frame)))
-        self._file.seek(end)
-        return self._record(name, sha256, size)
+        record = self._record(name, sha256, size)
+        self._out.put(lambda: os.pwrite(
+            self._file.fileno(), header_frame + skippable_frame(MEMBER_HEADER_SLOT - len(header_frame)), slot[0]))
+        self._end_data(record, data_start)
+        return record
 
     # -- sealing --------------------------------------------------------------
-    def flush(self) -> None:
-        """Push written bytes to the file (so a frame can be read back, e.g. into a cache)."""
-        self._file.flush()
-
     def finish(self, header: bytes, signature: bytes) -> Path:
         """Write the signed header into its reserved room and move the archive into place."""
-        self._file.write(self._small_compressor.compress(END_OF_ARCHIVE))
+        self._out.put(self._small_compressor.compress(END_OF_ARCHIVE))
+        self._out.drain()
+        self._pool.shutdown(wait=True)
         front = self._small_compressor.compress(
             tar_header(HEADER_NAME, len(header), self.mtime) + header + padding_for(len(header))
             + tar_header(SIGNATURE_NAME, len(signature), self.mtime) + signature + padding_for(len(signature))
@@ -164,9 +258,7 @@ class ArchiveWriter:
             raise ArchiveWriteError(
                 f"the signed header needs {len(front)} bytes but only {self.header_reserve} were reserved"
             )
-        self._file.seek(0)
-        self._file.write(front + (skippable_frame(room) if room else b""))
-        self._file.flush()
+        os.pwrite(self._file.fileno(), front + (skippable_frame(room) if room else b""), 0)
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.partial_path, self.path)
@@ -185,15 +277,17 @@ class ArchiveWriter:
         self.members.append(record)
         return record
 
-    def _write_frame(self, compressor: zstandard.ZstdCompressor, data: bytes) -> None:
-        self._file.write(compressor.compress(data))
+    def _compress_block(self, data: bytes) -> bytes:
+        compressor = getattr(self._compressors, "zstd", None)
+        if compressor is None:
+            compressor = self._compressors.zstd = zstandard.ZstdCompressor(level=self.level, write_checksum=False)
+        return compressor.compress(data)
 
-    def _write_data(self, size: int, chunks: Iterable[bytes], label: str) -> str:
-        """Compress ``size`` bytes plus tar padding as one frame; return their sha256."""
+    def _queue_data(self, size: int, chunks: Iterable[bytes], label: str) -> str:
+        """Queue ``size`` bytes plus tar padding for compression, block by block; return their sha256."""
         digest = hashlib.sha256()
-        start = self._file.tell()
-        stream = self._compressor.compressobj(size=size + len(padding_for(size)))
-        written = 0
+        block: list[bytes] = []
+        in_block = written = 0
         for chunk in chunks:
             if not chunk:
                 continue
@@ -201,13 +295,46 @@ class ArchiveWriter:
             if written > size:
                 raise ArchiveWriteError(f"{label}: more data than the {size} bytes announced")
             digest.update(chunk)
-            self._file.write(stream.compress(chunk))
+            block.append(chunk)
+            in_block += len(chunk)
+            if in_block >= DATA_BLOCK:
+                self._out.put(self._pool.submit(self._compress_block, b"".join(block)))
+                block, in_block = [], 0
         if written != size:
             raise ArchiveWriteError(f"{label}: got {written} bytes, {size} were announced")
-        self._file.write(stream.compress(padding_for(size)))
-        self._file.write(stream.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
-        self.last_data_span = (start, self._file.tell() - start)
+        block.append(padding_for(size))
+        self._out.put(self._pool.submit(self._compress_block, b"".join(block)))
         return digest.hexdigest()
 
+    def _start_data(self) -> list[int]:
+        """Queue a mark of where the next member's data begins (filled in when reached)."""
+        start: list[int] = []
 
-__all__ = ["ArchiveWriter", "ArchiveWriteError", "tar_header", "BLOCK"]
+        def mark() -> None:
+            start.append(self._file.tell())
+            if self._on_data_written is not None:
+                self._out.hashing = hashlib.sha256()
+        self._out.put(mark)
+        return start
+
+    def _end_data(self, record: MemberRecord, start: list[int]) -> None:
+        def report() -> None:
+            hashing, self._out.hashing = self._out.hashing, None
+            if self._on_data_written is not None and hashing is not None:
+                self._on_data_written(record, DataFrame(self.partial_path, start[0], self._file.tell() - start[0], hashing.hexdigest()))
+        self._out.put(report)
+
+    def _cut_back(self, offset: int) -> None:
+        self._out.hashing = None
+        self._file.seek(offset)
+        self._file.truncate()
+
+    def _copy_in(self, frame: Path) -> None:
+        target = self._file.tell()
+        length = os.stat(frame).st_size
+        with open(frame, "rb") as source:
+            copy_range(source.fileno(), self._file.fileno(), 0, length, target)
+        self._file.seek(target + length)
+
+
+__all__ = ["ArchiveWriter", "ArchiveWriteError", "DataFrame", "tar_header", "BLOCK"]
