@@ -29,10 +29,11 @@ DEFAULT_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / 
 
 @dataclass(frozen=True)
 class CachedFrame:
-    """A cached member: its size and the file holding its compressed frame."""
+    """A cached member: its size, the file holding its compressed frames and their sha256."""
 
     size: int
     path: Path
+    frames_sha256: str
 
 
 class MemberCache:
@@ -58,7 +59,9 @@ class MemberCache:
         """The cached frame of the member with this sha256, if any."""
         frame, meta = self.folder / f"{digest_hex}.zst", self.folder / f"{digest_hex}.meta"
         try:
-            return CachedFrame(size=int(json.loads(meta.read_text())["size"]), path=frame) if frame.is_file() else None
+            facts = json.loads(meta.read_text())
+            return CachedFrame(size=int(facts["size"]), path=frame, frames_sha256=str(facts["frame_sha256"])) \
+                if frame.is_file() else None
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -73,11 +76,10 @@ class MemberCache:
             if entry is None:
                 return False
             try:
-                expected = json.loads((self.folder / f"{digest}.meta").read_text())["frame_sha256"]
                 actual = sha256_file(entry.path)
-            except (OSError, ValueError, KeyError):
-                expected, actual = "", "unreadable"
-            if actual != expected:
+            except OSError:
+                actual = "unreadable"
+            if actual != entry.frames_sha256:
                 self.forget(digest)
                 return False
         return True

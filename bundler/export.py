@@ -174,7 +174,8 @@ def write_bundle(
 def _provisional_members(content: ArchiveContent, release_files: list[tuple[str, int]]) -> list[MemberRecord]:
     """Members as they will be, with stand-in digests of the same entropy and maximal sizes."""
     def fake(path: str) -> MemberRecord:
-        return MemberRecord(path=path, sha256=hashlib.sha256(path.encode()).hexdigest(), size=10**13)
+        stand_in = hashlib.sha256(path.encode()).hexdigest()
+        return MemberRecord(path=path, sha256=stand_in, size=10**13, frames_sha256=stand_in[::-1])
 
     paths = [IMAGES_MANIFEST] + [config_path(r.id) for r in content.images] + [layer_path(d) for d in sorted(content.layers)]
     return [fake(p) for p in paths] + [fake(p) for p, _ in release_files]
@@ -264,7 +265,7 @@ class _ImageStreamer:
             return
         cached = self.cache.lookup(digest)
         name = config_path(digest) if config else layer_path(digest)
-        self.writer.add_precompressed(name, cached.size, digest, cached.path)
+        self.writer.add_precompressed(name, cached.size, digest, cached.path, cached.frames_sha256)
         self.task.add_bytes(cached.size)
         self.written.add(digest)
 

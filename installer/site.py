@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .archive import HEADER_NAME, RELEASE_DIR, ArchiveReader, BundleHeader
+from .archive import HEADER_NAME, RELEASE_DIR, BundleHeader, FramedArchiveReader
 
 ENV_FILE = "site.env"
 RELEASES = "releases"
@@ -146,10 +146,9 @@ def write_release(prefix: Path, archive: Path, header: BundleHeader, header_byte
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     expected = {m.path: m for m in header.members if m.path.startswith(RELEASE_DIR + "/")}
-    with ArchiveReader(archive) as reader:
+    with FramedArchiveReader(archive) as reader:  # steps over the images without decompressing them
         for member in reader.members():
             if member.name not in expected:
-                member.skip()
                 continue
             relative = Path(member.name[len(RELEASE_DIR) + 1:])
             destination = (staging / relative).resolve()

@@ -12,6 +12,7 @@ import pytest
 import zstandard
 
 from installer.archive import (
+    ArchiveFormatError,
     ArchiveReader,
     ArchiveWriter,
     BundleHeader,
@@ -299,3 +300,76 @@ def test_writer_reports_where_each_members_frames_lie_and_their_hash(tmp_path: P
         expected = layer if record.path.endswith("layer.tar") else b"small"
         assert data[:len(expected)] == expected and set(data[len(expected):]) <= {0} and len(data) % 512 == 0
     assert reported[0][1].length < len(layer)
+
+
+def test_every_member_is_framed_on_its_own_and_listed_with_its_frames_sha256(tmp_path: Path, keypair) -> None:
+    from installer.archive import FramedArchiveReader
+
+    private, _, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    contents = write_bundle(archive, private)
+    header = read_header(archive)[0]
+    by_path = {m.path: m for m in header.members}
+    assert all(m.frames_sha256 for m in header.members)
+    with FramedArchiveReader(archive) as reader:
+        for member in reader.members():
+            assert member.framed
+            digest = hashlib.sha256()
+            for part in member.compressed_chunks():
+                digest.update(part)
+            assert digest.hexdigest() == by_path[member.name].frames_sha256
+    with FramedArchiveReader(archive) as reader:
+        read = {m.name: b"".join(m.chunks(chunk_size=1000)) for m in reader.members()}
+    assert read == contents
+    with FramedArchiveReader(archive) as reader:  # members not read are stepped over
+        assert [m.name for m in reader.members()] == [m.path for m in header.members]
+
+
+def test_verify_checks_framed_members_without_decompressing_their_data(tmp_path: Path, keypair, monkeypatch) -> None:
+    from installer.archive import reader as reader_module
+
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    write_bundle(archive, private)
+    decompressed: list[int] = []
+    real = reader_module.decompress_frame
+
+    def recording(frame, limit):
+        data = real(frame, limit)
+        decompressed.append(len(data))
+        return data
+
+    monkeypatch.setattr(reader_module, "decompress_frame", recording)
+    verify_archive(archive, [public])
+    assert decompressed and max(decompressed) < 4096  # tar headers only: no layer was decompressed
+
+
+def test_a_member_not_framed_on_its_own_is_checked_by_its_content(tmp_path: Path, keypair, monkeypatch) -> None:
+    from installer.archive import FramedArchiveReader
+    from installer.archive import reader as reader_module
+
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    contents = write_bundle(archive, private)
+    single = tmp_path / "one-frame.tar.zst"  # the same tar, recompressed as one frame (as `zstd` would)
+    _recompress(_decompressed_tar(archive), single)
+    assert verify_archive(single, [public]).signer == fingerprint(public)
+    monkeypatch.setattr(reader_module, "WHOLE_FRAME_LIMIT", 1000)  # and frames too large to take whole are streamed
+    with FramedArchiveReader(single) as reader:
+        members = list((m.name, m.framed, b"".join(m.chunks())) for m in reader.members())
+    assert {name: data for name, _, data in members} == contents
+    assert not any(framed for _, framed, _ in members)
+
+
+def test_frames_that_run_past_a_member_are_refused(tmp_path: Path, keypair) -> None:
+    from installer.archive import FramedArchiveReader
+
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    write_bundle(archive, private)
+    with FramedArchiveReader(archive) as reader:
+        layer = next(m for m in reader.members() if m.name.endswith("layer.tar"))
+        layer.size -= 512  # as if the tar header claimed less than the frames hold
+        with pytest.raises(ArchiveFormatError, match="do not end where its data ends"):
+            for _ in layer.compressed_chunks():
+                pass

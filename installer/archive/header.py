@@ -1,7 +1,9 @@
 """The signed bundle header (``bundle.json``): what a bundle holds, member by member.
 
 The header is the only thing the signature covers directly; every other
-member is covered by the sha256 and size the header records for it.
+member is covered by the sha256 and size the header records for it, and by
+the sha256 of its compressed frames (``frames_sha256``), which lets a
+verifier check a member without decompressing it.
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ class HeaderError(ValueError):
 
 @dataclass(frozen=True)
 class MemberRecord:
-    """One archive member: its path, sha256 (hex) and size in bytes."""
+    """One archive member: its path, sha256 (hex) and size in bytes, and the sha256 of its compressed data frames."""
 
     path: str
     sha256: str
     size: int
+    frames_sha256: Optional[str] = None
 
 
 @dataclass
@@ -129,15 +132,17 @@ def _member(item: Any, index: int) -> MemberRecord:
     where = f"members[{index}]"
     if not isinstance(item, dict):
         raise HeaderError(f"bundle.json: {where}: expected an object")
-    path, sha, size = item.get("path"), item.get("sha256"), item.get("size")
+    path, sha, size, frames = item.get("path"), item.get("sha256"), item.get("size"), item.get("frames_sha256")
     try:
         check_member_name(path if isinstance(path, str) else "")
         digest_hex(sha if isinstance(sha, str) else "")
+        if frames is not None:
+            digest_hex(frames if isinstance(frames, str) else "")
     except ValueError as exc:
         raise HeaderError(f"bundle.json: {where}: {exc}") from None
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise HeaderError(f"bundle.json: {where}.size: expected a non-negative integer")
-    return MemberRecord(path=path, sha256=sha, size=size)
+    return MemberRecord(path=path, sha256=sha, size=size, frames_sha256=frames)
 
 
 def _image(item: Any, index: int) -> ImageRecord:

@@ -3,11 +3,12 @@
 The archive is a POSIX tar compressed with zstd. Every tar header is its own
 zstd frame and every member's data is a run of its own frames (one per
 ``DATA_BLOCK`` bytes, compressed independently and in parallel), so a
-member's compressed bytes stand alone:
-a reader can stop after the signed header, and a writer can reserve room for a
-header, stream data behind it and fill the header in afterwards. Reserved room
-that is not used is a zstd *skippable frame*, which every zstd decoder
-(``zstd -d``, ``tar --zstd``, python-zstandard) passes over.
+member's compressed bytes stand alone: a reader can stop after the signed
+header, check or step over a member's frames without decompressing them, and
+a writer can reserve room for a header, stream data behind it and fill the
+header in afterwards. Reserved room that is not used is a zstd *skippable
+frame*, which every zstd decoder (``zstd -d``, ``tar --zstd``,
+python-zstandard) passes over.
 """
 from __future__ import annotations
 

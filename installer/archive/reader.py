@@ -1,19 +1,27 @@
-"""Read a bundle archive as a stream, member by member, with exact reads.
+"""Read a bundle archive member by member.
 
-The reader parses the tar itself (ustar headers, PAX extended headers) so it
-never reads past the member it is on: a decoding error is attributed to the
-member whose bytes were being read, and only regular files with safe names
-are accepted.
+Both readers parse the tar themselves (ustar headers, PAX extended headers)
+so they never read past the member they are on: a decoding error is
+attributed to the member whose bytes were being read, and only regular files
+with safe names are accepted.
+
+- ``ArchiveReader`` streams the decompressed tar: the fastest way through
+  when every member's content is wanted (loading images).
+- ``FramedArchiveReader`` walks the archive frame by frame: it can hand over
+  a member's compressed frames as they are (to check them against the signed
+  header) or step over them, without decompressing; contents are still
+  available, decompressed frame by frame.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
 import zstandard
 
-from .layout import CHUNK, HEADER_NAME, SIGNATURE_NAME, check_member_name
+from .frames import Frame, FrameError, FrameWalker, decompress_frame, decompress_stream
+from .layout import CHUNK, DATA_BLOCK, HEADER_NAME, SIGNATURE_NAME, check_member_name, padding_for
 from .tarstream import TarStream, TarStreamError
 from .parts import PartsError, PartsReader, find_index
 
@@ -67,17 +75,7 @@ class ArchiveReader:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        try:
-            index = find_index(self.path)
-            self._file: BinaryIO = PartsReader(index) if index else open(self.path, "rb")  # type: ignore[assignment]
-        except PartsError as exc:
-            raise ArchiveFormatError(str(exc)) from None
-        except IsADirectoryError:
-            raise ArchiveFormatError(f"{self.path}: a folder, but it holds no split archive") from None
-        except FileNotFoundError:
-            raise ArchiveFormatError(f"{self.path}: no such file") from None
-        except OSError as exc:
-            raise ArchiveFormatError(f"{self.path}: cannot open ({exc.strerror})") from None
+        self._file = _open_archive(self.path)
         self._stream = zstandard.ZstdDecompressor().stream_reader(self._file, read_across_frames=True, read_size=CHUNK)
         self._tar = TarStream(self._stream.read, on_error=self._decode_error)
         self._header: Optional[SignedHeader] = None
@@ -158,3 +156,192 @@ class ArchiveReader:
     def bytes_read(self) -> int:
         """Uncompressed bytes read so far."""
         return self._tar.bytes_read
+
+
+def _open_archive(path: Path) -> BinaryIO:
+    """The archive's compressed bytes: the file, or its parts read as one."""
+    try:
+        index = find_index(path)
+        return PartsReader(index) if index else open(path, "rb")  # type: ignore[return-value]
+    except PartsError as exc:
+        raise ArchiveFormatError(str(exc)) from None
+    except IsADirectoryError:
+        raise ArchiveFormatError(f"{path}: a folder, but it holds no split archive") from None
+    except FileNotFoundError:
+        raise ArchiveFormatError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ArchiveFormatError(f"{path}: cannot open ({exc.strerror})") from None
+
+
+WHOLE_FRAME_LIMIT = 4 * DATA_BLOCK  # frames up to this content size are decompressed in one call
+
+
+class FramedMember:
+    """A member met by :class:`FramedArchiveReader`: name, size, and its data compressed or not.
+
+    ``framed`` says whether its data sits in frames of its own (as the
+    writer puts it); only then can :meth:`compressed_chunks` hand them over.
+    Read a member one way, to its end, or not at all (it is then stepped over).
+    """
+
+    def __init__(self, reader: "FramedArchiveReader", name: str, size: int, framed: bool):
+        self.name = name
+        self.size = size
+        self.framed = framed
+        self._reader = reader
+        self.started = self.finished = False
+
+    def compressed_chunks(self, on_content: Optional[Callable[[int], None]] = None) -> Iterator[bytes]:
+        """The raw bytes of the member's data frames; ``on_content(n)`` after each frame of n content bytes."""
+        if not self.framed:
+            raise ArchiveFormatError(f"{self._reader.path}: member {self.name!r}: its data is not in frames of its own")
+        self.started = True
+        for frame in self._reader._data_frames(self):
+            yield from self._reader._framing_errors(frame.parts, self.name)
+            if on_content:
+                on_content(frame.content_size or 0)
+        self.finished = True
+
+    def chunks(self, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        """The member's content, decompressed."""
+        self.started = True
+        if not self.framed:
+            yield from self._reader._plain_chunks(chunk_size)
+            self.finished = True
+            return
+        left = self.size
+        for frame in self._reader._data_frames(self):
+            small = frame.content_size is not None and frame.content_size <= WHOLE_FRAME_LIMIT
+            pieces = [decompress_frame(frame, WHOLE_FRAME_LIMIT)] if small else decompress_stream(frame, chunk_size)
+            for piece in self._reader._framing_errors(pieces, self.name):
+                for start in range(0, min(len(piece), left), chunk_size):
+                    yield piece[start:min(start + chunk_size, left)]
+                left -= min(len(piece), left)
+        self.finished = True
+
+    def skip(self) -> None:
+        """Step over the member's data (without decompressing it when it is framed)."""
+        if self.started:
+            return
+        for _ in self.compressed_chunks() if self.framed else self.chunks():
+            pass
+
+
+class FramedArchiveReader:
+    """Iterate over a bundle's members frame by frame; see the module docstring.
+
+    ``members()`` yields every member after the signed header; a member not
+    read is stepped over when the next one is asked for.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = _open_archive(self.path)
+        self._frames = FrameWalker(self._file).frames()
+        self._plain = b""
+        self._plain_at = 0
+        self._streaming: Optional[Iterator[bytes]] = None
+        self._tar = TarStream(self._read_plain, on_error=self._decode_error)
+
+    def __enter__(self) -> "FramedArchiveReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the file."""
+        self._file.close()
+
+    def members(self) -> Iterator[FramedMember]:
+        """Every member after ``bundle.json`` and its signature, in archive order."""
+        previous = "the start of the archive"
+        while True:
+            try:
+                entry = self._tar.next_entry(previous)
+            except TarStreamError as exc:
+                raise ArchiveFormatError(f"{self.path}: {str(exc).replace('the stream', 'the archive')}") from None
+            if entry is None:
+                return
+            if not entry.is_file:
+                raise ArchiveFormatError(f"{self.path}: member {entry.name!r} is not a regular file; bundles hold only files")
+            try:
+                check_member_name(entry.name)
+            except ValueError as exc:
+                raise ArchiveFormatError(f"{self.path}: {exc}") from None
+            previous = entry.name
+            if entry.name in (HEADER_NAME, SIGNATURE_NAME):
+                continue
+            member = FramedMember(self, entry.name, entry.size, framed=self._at_frame_end())
+            yield member
+            member.skip()
+            if member.started and not member.finished:
+                raise RuntimeError(f"member {member.name!r} was read only in part; read members to their end or not at all")
+            if member.framed:
+                self._tar.forget_current()
+
+    # -- internals ------------------------------------------------------------
+    def _at_frame_end(self) -> bool:
+        return self._plain_at >= len(self._plain) and self._streaming is None
+
+    def _read_plain(self, size: int) -> bytes:
+        while self._plain_at >= len(self._plain):
+            if self._streaming is not None:
+                self._plain, self._plain_at = next(self._streaming, b""), 0
+                if not self._plain:
+                    self._streaming = None
+                continue
+            frame = next(self._frames, None)
+            if frame is None:
+                return b""
+            if frame.skippable:
+                frame.skip()
+            elif frame.content_size is not None and frame.content_size <= WHOLE_FRAME_LIMIT:
+                self._plain, self._plain_at = decompress_frame(frame, WHOLE_FRAME_LIMIT), 0
+            else:
+                self._streaming = decompress_stream(frame)
+        if self._plain_at == 0 and len(self._plain) <= size:
+            data, self._plain = self._plain, b""
+            return data
+        data = self._plain[self._plain_at:self._plain_at + size]
+        self._plain_at += len(data)
+        return data
+
+    def _plain_chunks(self, chunk_size: int) -> Iterator[bytes]:
+        try:
+            yield from self._tar.chunks(chunk_size)
+        except TarStreamError as exc:
+            raise ArchiveFormatError(f"{self.path}: {str(exc).replace('the stream', 'the archive')}") from None
+
+    def _data_frames(self, member: FramedMember) -> Iterator[Frame]:
+        """The frames holding the member's data and tar padding (each to be read before the next is asked for)."""
+        needed = member.size + len(padding_for(member.size))
+        got = 0
+        while got < needed:
+            try:
+                frame: Optional[Frame] = next(self._frames, None)
+            except FrameError as exc:
+                raise ArchiveFormatError(f"{self.path}: {exc}, in {member.name!r}") from None
+            if frame is None:
+                raise ArchiveFormatError(f"{self.path}: the archive is truncated inside {member.name!r}")
+            if frame.skippable:
+                for _ in self._framing_errors(frame.parts, member.name):
+                    pass
+                continue
+            if frame.content_size is None or got + frame.content_size > needed:
+                raise ArchiveFormatError(
+                    f"{self.path}: member {member.name!r}: its compressed frames do not end where its data ends "
+                    "(altered, or not written by airgap-bundle)")
+            got += frame.content_size
+            yield frame
+
+    def _framing_errors(self, items: Iterable, where: str) -> Iterator:
+        try:
+            yield from items
+        except FrameError as exc:
+            raise ArchiveFormatError(f"{self.path}: {exc}, in {where!r}") from None
+
+    def _decode_error(self, exc: Exception, where: str) -> Exception:
+        if isinstance(exc, FrameError):
+            return ArchiveFormatError(f"{self.path}: {exc}, in {where}")
+        return exc

@@ -91,32 +91,43 @@ class TarStream:
             previous = entry.name
 
     def chunks(self, chunk_size: int = CHUNK) -> Iterator[bytes]:
-        """The current entry's remaining data, in chunks of at most ``chunk_size``."""
+        """The current entry's remaining data, in chunks of at most ``chunk_size`` (as the source hands them over)."""
         name = self._current.name if self._current else "?"
         while self._remaining:
-            chunk = self.read_exact(min(chunk_size, self._remaining), name)
+            chunk = self._read_some(min(chunk_size, self._remaining), name)
             self._remaining -= len(chunk)
+            self.bytes_read += len(chunk)
             yield chunk
+
+    def forget_current(self) -> None:
+        """The caller took the current entry's data and padding from the source itself: go on from there."""
+        self._current = None
+        self._remaining = 0
 
     def read_exact(self, size: int, where: str, allow_eof: bool = False) -> bytes:
         """Exactly ``size`` bytes (b"" at a clean end when ``allow_eof``); TarStreamError if cut short."""
         parts: list[bytes] = []
         wanted = size
         while wanted:
-            try:
-                chunk = self._read(wanted)
-            except Exception as exc:  # noqa: BLE001 - the source decides what it raises; the caller maps it
-                if self._on_error is not None:
-                    raise self._on_error(exc, where) from None
-                raise
+            chunk = self._read_some(wanted, where, allow_eof=allow_eof and wanted == size)
             if not chunk:
-                if allow_eof and wanted == size:
-                    return b""
-                raise TarStreamError(f"the stream is truncated inside {where}")
+                return b""
             parts.append(chunk)
             wanted -= len(chunk)
         self.bytes_read += size
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_some(self, size: int, where: str, allow_eof: bool = False) -> bytes:
+        """Between 1 and ``size`` bytes (b"" at the end only when ``allow_eof``)."""
+        try:
+            chunk = self._read(size)
+        except Exception as exc:  # noqa: BLE001 - the source decides what it raises; the caller maps it
+            if self._on_error is not None:
+                raise self._on_error(exc, where) from None
+            raise
+        if not chunk and not allow_eof:
+            raise TarStreamError(f"the stream is truncated inside {where}")
+        return chunk
 
     def _pax_records(self, size: int, where: str) -> dict[str, str]:
         data = self.read_exact(size + len(padding_for(size)), where)[:size]

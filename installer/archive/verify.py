@@ -11,10 +11,10 @@ from typing import Callable, Optional, Sequence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..signing import find_signer, fingerprint
-from .header import BundleHeader, HeaderError
+from .header import BundleHeader, HeaderError, MemberRecord
 from .layout import IMAGES_MANIFEST, config_path, layer_path
 from .parts import PartsError, check_parts, find_index
-from .reader import ArchiveFormatError, ArchiveReader
+from .reader import ArchiveFormatError, ArchiveReader, FramedArchiveReader, FramedMember
 
 ProgressCallback = Callable[[int], None]
 
@@ -112,26 +112,19 @@ def verify_archive(
     expected = {member.path: member for member in header.members}
     seen: set[str] = set()
     try:
-        with ArchiveReader(path) as reader:
+        with FramedArchiveReader(path) as reader:
             for member in reader.members():
                 record = expected.get(member.name)
                 if record is None:
                     problems.append(f"member {member.name!r} is not listed in the signed header")
-                    member.skip()
                     continue
                 if member.name in seen:
                     problems.append(f"member {member.name!r} appears twice")
                 seen.add(member.name)
                 if member.size != record.size:
                     problems.append(f"member {member.name!r}: size {member.size}, the signed header says {record.size}")
-                    member.skip()
                     continue
-                digest = BackgroundDigest()
-                for chunk in member.chunks():
-                    digest.update(chunk)
-                    if progress:
-                        progress(len(chunk))
-                if digest.hexdigest() != record.sha256:
+                if not _digest_matches(member, record, progress):
                     problems.append(f"member {member.name!r}: sha256 mismatch (content altered or damaged)")
     except ArchiveFormatError as exc:
         problems.append(str(exc))
@@ -143,6 +136,22 @@ def verify_archive(
         raise VerificationError(f"{path}: verification failed: " + "; ".join(problems), problems)
     warnings = [] if signer else ["signature NOT checked: the bundle was accepted without a trusted signature"]
     return VerifiedBundle(path=path, header=header, signer=signer, signature_checked=signer is not None, warnings=warnings)
+
+
+def _digest_matches(member: FramedMember, record: MemberRecord, progress: Optional[ProgressCallback]) -> bool:
+    """Check the member's compressed frames against the signed header when it lists them (no decompressing);
+    else its decompressed content."""
+    if member.framed and record.frames_sha256:
+        digest = hashlib.sha256()
+        for part in member.compressed_chunks(on_content=progress):
+            digest.update(part)
+        return digest.hexdigest() == record.frames_sha256
+    background = BackgroundDigest()
+    for chunk in member.chunks():
+        background.update(chunk)
+        if progress:
+            progress(len(chunk))
+    return background.hexdigest() == record.sha256
 
 
 class BackgroundDigest:

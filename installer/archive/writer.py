@@ -21,7 +21,7 @@ import tarfile
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
@@ -145,14 +145,14 @@ class ArchiveWriter:
 
         ``on_data_written(record, frame)`` is called for each streamed member
         once its compressed data is in the partial file (e.g. to copy it into a
-        cache); the frame's sha256 is only computed when this is given.
+        cache).
         """
         self.path = Path(path)
         self.partial_path = self.path.with_name(self.path.name + ".partial")
         self.header_reserve = header_reserve
         self.mtime = mtime
         self.level = level
-        self.members: list[MemberRecord] = []
+        self._members: list[MemberRecord] = []
         self._names: set[str] = set()
         self._on_data_written = on_data_written
         self._small_compressor = zstandard.ZstdCompressor(level=level, write_checksum=False)
@@ -164,6 +164,12 @@ class ArchiveWriter:
         self._out = _OrderedOutput(self._file, limit=workers + 2)
         self._out.put(skippable_frame(header_reserve))
         self._finished = False
+
+    @property
+    def members(self) -> list[MemberRecord]:
+        """Every member added so far, with the sha256 of its compressed data (waits for it to be written)."""
+        self._out.drain()
+        return list(self._members)
 
     # -- context management -------------------------------------------------
     def __enter__(self) -> "ArchiveWriter":
@@ -204,16 +210,17 @@ class ArchiveWriter:
         self._end_data(record, data_start)
         return record
 
-    def add_precompressed(self, name: str, size: int, sha256: str, frame: Path) -> MemberRecord:
+    def add_precompressed(self, name: str, size: int, sha256: str, frames: Path, frames_sha256: str) -> MemberRecord:
         """Add a member whose data frames were compressed earlier (a cache entry), copying them as they are.
 
-        The caller vouches that ``frame`` decompresses to ``size`` bytes (plus
-        tar padding) with this ``sha256``; readers check it like any member.
+        The caller vouches that ``frames`` (whose own sha256 is ``frames_sha256``)
+        decompress to ``size`` bytes (plus tar padding) with this ``sha256``;
+        readers check it like any member.
         """
         self._claim(name)
         self._out.put(self._small_compressor.compress(tar_header(name, size, self.mtime)))
-        self._out.put(lambda: self._copy_in(frame))
-        return self._record(name, sha256, size)
+        self._out.put(lambda: self._copy_in(frames))
+        return self._record(name, sha256, size, frames_sha256)
 
     def add_stream_named_by_digest(
         self, size: int, chunks: Iterable[bytes], name_for: Callable[[str], Optional[str]], label: str
@@ -272,9 +279,9 @@ class ArchiveWriter:
             raise ArchiveWriteError(f"member {name!r} added twice")
         self._names.add(name)
 
-    def _record(self, name: str, sha256: str, size: int) -> MemberRecord:
-        record = MemberRecord(path=name, sha256=sha256, size=size)
-        self.members.append(record)
+    def _record(self, name: str, sha256: str, size: int, frames_sha256: Optional[str] = None) -> MemberRecord:
+        record = MemberRecord(path=name, sha256=sha256, size=size, frames_sha256=frames_sha256)
+        self._members.append(record)
         return record
 
     def _compress_block(self, data: bytes) -> bytes:
@@ -303,25 +310,29 @@ class ArchiveWriter:
         if written != size:
             raise ArchiveWriteError(f"{label}: got {written} bytes, {size} were announced")
         block.append(padding_for(size))
-        self._out.put(self._pool.submit(self._compress_block, b"".join(block)))
+        if in_block or len(block[-1]):
+            self._out.put(self._pool.submit(self._compress_block, b"".join(block)))
         return digest.hexdigest()
 
     def _start_data(self) -> list[int]:
-        """Queue a mark of where the next member's data begins (filled in when reached)."""
+        """Queue a mark of where the next member's data begins (filled in when reached); its bytes are hashed from there."""
         start: list[int] = []
 
         def mark() -> None:
             start.append(self._file.tell())
-            if self._on_data_written is not None:
-                self._out.hashing = hashlib.sha256()
+            self._out.hashing = hashlib.sha256()
         self._out.put(mark)
         return start
 
     def _end_data(self, record: MemberRecord, start: list[int]) -> None:
+        index = len(self._members) - 1
+
         def report() -> None:
             hashing, self._out.hashing = self._out.hashing, None
-            if self._on_data_written is not None and hashing is not None:
-                self._on_data_written(record, DataFrame(self.partial_path, start[0], self._file.tell() - start[0], hashing.hexdigest()))
+            written = replace(record, frames_sha256=hashing.hexdigest())
+            self._members[index] = written
+            if self._on_data_written is not None:
+                self._on_data_written(written, DataFrame(self.partial_path, start[0], self._file.tell() - start[0], written.frames_sha256))
         self._out.put(report)
 
     def _cut_back(self, offset: int) -> None:
