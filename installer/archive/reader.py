@@ -22,7 +22,7 @@ import zstandard
 
 from .frames import Frame, FrameError, FrameWalker, decompress_frame, decompress_stream
 from .layout import CHUNK, DATA_BLOCK, HEADER_NAME, SIGNATURE_NAME, check_member_name, padding_for
-from .tarstream import TarStream, TarStreamError
+from .tarstream import TarEntry, TarStream, TarStreamError
 from .parts import PartsError, PartsReader, find_index
 
 
@@ -138,24 +138,30 @@ class ArchiveReader:
 
     # -- tar parsing ------------------------------------------------------------
     def _next_member(self, previous: str) -> Optional[MemberStream]:
-        try:
-            entry = self._tar.next_entry(previous)
-        except TarStreamError as exc:
-            raise ArchiveFormatError(f"{self.path}: {str(exc).replace('the stream', 'the archive')}") from None
-        if entry is None:
-            return None
-        if not entry.is_file:
-            raise ArchiveFormatError(f"{self.path}: member {entry.name!r} is not a regular file; bundles hold only files")
-        try:
-            check_member_name(entry.name)
-        except ValueError as exc:
-            raise ArchiveFormatError(f"{self.path}: {exc}") from None
-        return MemberStream(self._tar, entry.name, entry.size, self.path)
+        entry = _next_file(self._tar, previous, self.path)
+        return None if entry is None else MemberStream(self._tar, entry.name, entry.size, self.path)
 
     @property
     def bytes_read(self) -> int:
         """Uncompressed bytes read so far."""
         return self._tar.bytes_read
+
+
+def _next_file(tar: TarStream, previous: str, path: Path) -> Optional[TarEntry]:
+    """The next tar entry, which must be a regular file with a safe name; None at the end."""
+    try:
+        entry = tar.next_entry(previous)
+    except TarStreamError as exc:
+        raise ArchiveFormatError(f"{path}: {str(exc).replace('the stream', 'the archive')}") from None
+    if entry is None:
+        return None
+    if not entry.is_file:
+        raise ArchiveFormatError(f"{path}: member {entry.name!r} is not a regular file; bundles hold only files")
+    try:
+        check_member_name(entry.name)
+    except ValueError as exc:
+        raise ArchiveFormatError(f"{path}: {exc}") from None
+    return entry
 
 
 def _open_archive(path: Path) -> BinaryIO:
@@ -257,18 +263,9 @@ class FramedArchiveReader:
         """Every member after ``bundle.json`` and its signature, in archive order."""
         previous = "the start of the archive"
         while True:
-            try:
-                entry = self._tar.next_entry(previous)
-            except TarStreamError as exc:
-                raise ArchiveFormatError(f"{self.path}: {str(exc).replace('the stream', 'the archive')}") from None
+            entry = _next_file(self._tar, previous, self.path)
             if entry is None:
                 return
-            if not entry.is_file:
-                raise ArchiveFormatError(f"{self.path}: member {entry.name!r} is not a regular file; bundles hold only files")
-            try:
-                check_member_name(entry.name)
-            except ValueError as exc:
-                raise ArchiveFormatError(f"{self.path}: {exc}") from None
             previous = entry.name
             if entry.name in (HEADER_NAME, SIGNATURE_NAME):
                 continue
