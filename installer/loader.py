@@ -3,7 +3,8 @@
 The archive's images part is re-emitted as a docker-archive holding the
 manifest, the configs of the missing images and only the layers whose chain
 the engine does not already have (``docker load`` skips a layer whose chain is
-present without opening its file). Nothing is extracted to disk on the way.
+present without opening its file). Nothing is extracted to disk on the way,
+and the members not sent are stepped over without being decompressed.
 Engines whose image store needs every blob (containerd) get every layer.
 """
 from __future__ import annotations
@@ -18,14 +19,14 @@ from typing import Callable, Iterator, Optional
 
 from .archive import (
     IMAGES_DIR,
-    ArchiveReader,
+    FramedArchiveReader,
     BundleHeader,
     ImageRecord,
     VerificationError,
     config_path,
     layer_path,
 )
-from .archive.layout import END_OF_ARCHIVE, padding_for
+from .archive.layout import DATA_BLOCK, END_OF_ARCHIVE, padding_for
 from .archive.writer import tar_header
 from .engine import EngineInventory, chain_ids
 
@@ -92,7 +93,7 @@ def docker_archive_stream(
     yield tar_header("manifest.json", len(manifest)) + manifest + padding_for(len(manifest))
     # Fault-injection hook for the crash-safety tests: stretch the load so a kill lands inside it.
     delay = float(os.environ.get("AIRGAP_TEST_LOAD_DELAY", "0") or 0)
-    with ArchiveReader(archive) as reader:
+    with FramedArchiveReader(archive) as reader:
         for member in reader.members():
             if member.name not in wanted:
                 continue
@@ -106,7 +107,7 @@ def docker_archive_stream(
                 yield tar_header(inner, member.size) + config + padding_for(member.size)
             else:
                 yield tar_header(inner, member.size)
-                for chunk in member.chunks():
+                for chunk in member.chunks(chunk_size=2 * DATA_BLOCK):  # whole frames, handed on uncopied
                     yield chunk
                     if progress:
                         progress(len(chunk))

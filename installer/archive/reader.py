@@ -38,7 +38,23 @@ class SignedHeader:
     signature: Optional[bytes]
 
 
-class MemberStream:
+class _Member:
+    """What both readers' members offer: a name, a size, chunks, and a small member whole."""
+
+    name: str
+    size: int
+
+    def chunks(self, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def read_all(self, limit: int = 64 << 20) -> bytes:
+        """Read the whole member into memory (only for small members)."""
+        if self.size > limit:
+            raise ArchiveFormatError(f"member {self.name!r} is {self.size} bytes, too large to read into memory")
+        return b"".join(self.chunks())
+
+
+class MemberStream(_Member):
     """One member being read: its name and size, and its bytes as chunks."""
 
     def __init__(self, tar: TarStream, name: str, size: int, path: Path):
@@ -53,12 +69,6 @@ class MemberStream:
             yield from self._tar.chunks(chunk_size)
         except TarStreamError as exc:
             raise ArchiveFormatError(f"{self._path}: {str(exc).replace('the stream', 'the archive')}") from None
-
-    def read_all(self, limit: int = 64 << 20) -> bytes:
-        """Read the whole member into memory (only for small members)."""
-        if self.size > limit:
-            raise ArchiveFormatError(f"member {self.name!r} is {self.size} bytes, too large to read into memory")
-        return b"".join(self.chunks())
 
     def skip(self) -> None:
         """Discard what is left of the member."""
@@ -182,7 +192,7 @@ def _open_archive(path: Path) -> BinaryIO:
 WHOLE_FRAME_LIMIT = 4 * DATA_BLOCK  # frames up to this content size are decompressed in one call
 
 
-class FramedMember:
+class FramedMember(_Member):
     """A member met by :class:`FramedArchiveReader`: name, size, and its data compressed or not.
 
     ``framed`` says whether its data sits in frames of its own (as the
