@@ -57,7 +57,6 @@ class FrameWalker:
         self._source = source
         self._buffer = b""
         self._position = 0
-        self.offset = 0  # bytes of the stream consumed so far
 
     def frames(self) -> Iterator[Frame]:
         """Every frame to the end of the stream."""
@@ -115,7 +114,6 @@ class FrameWalker:
         if self._position + size <= len(self._buffer):
             data = self._buffer[self._position:self._position + size]
             self._position += size
-            self.offset += size
             return data
         parts = [self._buffer[self._position:]]
         have = len(parts[0])
@@ -130,7 +128,6 @@ class FrameWalker:
             have += len(chunk)
         data = b"".join(parts)
         self._buffer, self._position = data, size
-        self.offset += size
         return data[:size]
 
 
@@ -157,3 +154,4 @@ def decompress_stream(frame: Frame, piece: int = 1 << 20) -> Iterator[bytes]:
         raise FrameError(f"corrupt compressed data (zstd: {exc})") from None
     if not decompressor.eof:
         raise FrameError("corrupt compressed data: a zstd frame ends early")
+

@@ -5,8 +5,8 @@ so they never read past the member they are on: a decoding error is
 attributed to the member whose bytes were being read, and only regular files
 with safe names are accepted.
 
-- ``ArchiveReader`` streams the decompressed tar: the fastest way through
-  when every member's content is wanted (loading images).
+- ``ArchiveReader`` streams the decompressed tar (used to read the signed
+  header at the front).
 - ``FramedArchiveReader`` walks the archive frame by frame: it can hand over
   a member's compressed frames as they are (to check them against the signed
   header) or step over them, without decompressing; contents are still

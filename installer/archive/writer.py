@@ -30,6 +30,7 @@ import zstandard
 from .header import MemberRecord
 from .layout import (
     BLOCK,
+    CHUNK,
     DATA_BLOCK,
     END_OF_ARCHIVE,
     HEADER_NAME,
@@ -198,7 +199,7 @@ class ArchiveWriter:
         """Add a member read from a file on disk."""
         size = os.stat(source).st_size
         with open(source, "rb") as handle:
-            return self.add_stream(name, size, iter(lambda: handle.read(1 << 20), b""))
+            return self.add_stream(name, size, iter(lambda: handle.read(CHUNK), b""))
 
     def add_stream(self, name: str, size: int, chunks: Iterable[bytes]) -> MemberRecord:
         """Add a member of ``size`` bytes from ``chunks``, compressing as it streams."""
