@@ -4,10 +4,10 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional, TextIO
+from typing import TYPE_CHECKING, Iterator, Optional, TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 class Task:
@@ -67,8 +67,7 @@ class Reporter:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.fancy = not force_plain and not quiet and self.stream.isatty()
-        self.console = Console(file=self.stream, highlight=False)
-        self._progress: Optional[Progress] = None
+        self._progress: Optional["Progress"] = None
 
     def line(self, text: str) -> None:
         """A plain status line."""
@@ -84,9 +83,13 @@ class Reporter:
         """A step: a bar on a terminal; 'description ... done (details, Ts)' otherwise."""
         started = time.monotonic()
         if self.fancy:
+            # rich is imported only for bars: importing it costs about 35 ms at every start.
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
             with Progress(
                 TextColumn("{task.description:<44}"), BarColumn(bar_width=30), TextColumn("{task.fields[detail]}"),
-                TimeElapsedColumn(), console=self.console, transient=False,
+                TimeElapsedColumn(), console=Console(file=self.stream, highlight=False), transient=False,
             ) as progress:
                 self._progress = progress
                 try:

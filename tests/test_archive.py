@@ -373,3 +373,23 @@ def test_frames_that_run_past_a_member_are_refused(tmp_path: Path, keypair) -> N
         with pytest.raises(ArchiveFormatError, match="do not end where its data ends"):
             for _ in layer.compressed_chunks():
                 pass
+
+
+def test_finished_data_is_flushed_to_disk_while_the_archive_streams(tmp_path: Path, keypair, monkeypatch) -> None:
+    import os
+    from installer.archive import writer as writer_module
+
+    flushed_sizes: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def spying_fdatasync(fd: int) -> None:
+        flushed_sizes.append(os.fstat(fd).st_size)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(writer_module, "FLUSH_EVERY", 1)
+    monkeypatch.setattr(writer_module.os, "fdatasync", spying_fdatasync)
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    write_bundle(archive, private)
+    assert flushed_sizes and min(flushed_sizes) < archive.stat().st_size  # before the end, not only at it
+    verify_archive(archive, [public])

@@ -44,6 +44,7 @@ from .layout import (
 )
 
 MAX_THREADS = 8
+FLUSH_EVERY = 256 << 20  # bytes written between background flushes to disk
 
 
 class ArchiveWriteError(Exception):
@@ -164,6 +165,9 @@ class ArchiveWriter:
         self._file = open(self.partial_path, "wb", buffering=0)
         self._out = _OrderedOutput(self._file, limit=workers + 2)
         self._out.put(skippable_frame(header_reserve))
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flush")
+        self._flushing: Optional[Future] = None
+        self._flushed_to = 0
         self._finished = False
 
     @property
@@ -184,6 +188,7 @@ class ArchiveWriter:
         """Stop compressing, close and delete the partial file."""
         self._out.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._flusher.shutdown(wait=True)
         try:
             self._file.close()
         finally:
@@ -267,6 +272,9 @@ class ArchiveWriter:
                 f"the signed header needs {len(front)} bytes but only {self.header_reserve} were reserved"
             )
         os.pwrite(self._file.fileno(), front + (skippable_frame(room) if room else b""), 0)
+        self._flusher.shutdown(wait=True)
+        if self._flushing is not None:
+            self._flushing.result()  # a write error found by a background flush
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.partial_path, self.path)
@@ -334,7 +342,17 @@ class ArchiveWriter:
             self._members[index] = written
             if self._on_data_written is not None:
                 self._on_data_written(written, DataFrame(self.partial_path, start[0], self._file.tell() - start[0], written.frames_sha256))
+            self._flush_in_background()
         self._out.put(report)
+
+    def _flush_in_background(self) -> None:
+        """Every FLUSH_EVERY bytes, start writing what is done to disk, so the fsync in finish() has little left."""
+        position = self._file.tell()
+        if position - self._flushed_to >= FLUSH_EVERY and (self._flushing is None or self._flushing.done()):
+            if self._flushing is not None:
+                self._flushing.result()
+            self._flushing = self._flusher.submit(os.fdatasync, self._file.fileno())
+            self._flushed_to = position
 
     def _cut_back(self, offset: int) -> None:
         self._out.hashing = None
@@ -347,6 +365,7 @@ class ArchiveWriter:
         with open(frame, "rb") as source:
             copy_range(source.fileno(), self._file.fileno(), 0, length, target)
         self._file.seek(target + length)
+        self._flush_in_background()
 
 
 __all__ = ["ArchiveWriter", "ArchiveWriteError", "DataFrame", "tar_header", "BLOCK"]
