@@ -101,9 +101,11 @@ def build(request: BuildRequest, reporter: Reporter) -> Path:
         facts_for = _build_source(client, manifest, entry, request.source_dir, plan, platform, reporter)
         facts[facts_for.id] = facts_for
     _link_reused(plan)
-    for entry in plan.entries:
-        engine.tag(client, entry.image_id, entry.target)
-    reporter.line(f"tagged {len(plan.entries)} names to {plan.registry or 'local names'}")
+
+    def tag_all() -> None:
+        for entry in plan.entries:
+            engine.tag(client, entry.image_id, entry.target)
+        reporter.line(f"tagged {len(plan.entries)} names to {plan.registry or 'local names'}")
 
     images = collect_images(plan, facts)
     output = Path(request.output_dir) / f"{manifest.name}-{plan.tag}.tar.zst"
@@ -113,7 +115,8 @@ def build(request: BuildRequest, reporter: Reporter) -> Path:
         reporter.line(f"delta against {base.name} {base.version}: leaving out {len(base.image_ids)} image(s) and their layers")
     archive = write_bundle(client=client, plan=plan, images=images, compose=compose, private_key=private_key,
                            output=output, reporter=reporter, level=request.level, base=base,
-                           cache=MemberCache.from_env(request.level, request.cache_dir) if request.use_cache else None)
+                           cache=MemberCache.from_env(request.level, request.cache_dir) if request.use_cache else None,
+                           meanwhile=tag_all)
     lock = lock_from_plan(plan)
     lock.release = {"name": manifest.name, "version": plan.tag,
                     "images": [{"id": r.id, "diff_ids": r.diff_ids} for r in images.records]}

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import docker
 import zstandard
@@ -132,11 +132,14 @@ def write_bundle(
     level: int = 3,
     base: Optional[BaseRelease] = None,
     cache: Optional[MemberCache] = None,
+    meanwhile: Callable[[], None] = lambda: None,
 ) -> Path:
     """Stream everything into ``output`` and sign it; return the archive path.
 
     With ``base``, the archive is a delta: it leaves out the images and layer
-    chains the base release has, and says so in its header.
+    chains the base release has, and says so in its header. ``meanwhile`` is
+    run once, while the engine prepares its first export (at once when nothing
+    is exported): work such as tagging that the archive does not wait for.
     """
     manifest = plan.manifest
     content = choose_content(images, base)
@@ -160,9 +163,11 @@ def write_bundle(
         writer.add_bytes(IMAGES_MANIFEST, docker_load_manifest(content.images))
         if content.images:
             with reporter.task("save + compress images", total=len(content.images) + len(content.layers)) as task:
-                _ImageStreamer(client, writer, cache, task).run(content.images, content.layers)
+                _ImageStreamer(client, writer, cache, task).run(content.images, content.layers, meanwhile)
             if cache is not None:
                 cache.save()
+        else:
+            meanwhile()
         writer.add_bytes(release_path(COMPOSE_FILE), compose.text.encode())
         for relative in compose.files:
             assert manifest.compose_files is not None
@@ -221,8 +226,11 @@ class _ImageStreamer:
         self.written: set[str] = set()
         self.path_digests: dict[str, str] = {}
 
-    def run(self, records: list[ImageRecord], layers: set[str]) -> None:
-        """Write each record's config and the wanted ``layers``; save from the engine only what the cache lacks."""
+    def run(self, records: list[ImageRecord], layers: set[str], meanwhile: Callable[[], None]) -> None:
+        """Write each record's config and the wanted ``layers``; save from the engine only what the cache lacks.
+
+        ``meanwhile`` runs once the first exports are asked for (or at once if there are none).
+        """
         configs = {digest_hex(r.id) for r in records}
         wanted = configs | {digest_hex(d) for d in layers}
         every_layer = {digest_hex(d) for r in records for d in r.diff_ids}
@@ -242,6 +250,7 @@ class _ImageStreamer:
             pending = deque(engine.submit(open_save, self.client, [r.id for r in b]) for b in batches[:SAVES_AHEAD])
             queued = len(pending)
             try:
+                meanwhile()
                 while pending:
                     response = pending.popleft().result()
                     if queued < len(batches):
