@@ -34,7 +34,7 @@ from installer.archive import (
     layer_path,
     release_path,
 )
-from installer.archive.writer import DataFrame
+from installer.archive.writer import DataFrame, PendingMember
 from installer.engine import chain_ids
 from installer.signing import fingerprint, sign
 
@@ -46,6 +46,7 @@ from .progress import Reporter
 
 COMPOSE_FILE = "docker-compose.yml"
 SAVES_AHEAD = 2  # engine exports under way at once
+_MAX_EXPORT_MANIFEST = 64 << 20  # an export's manifest.json is read into memory only up to this size
 _CONFIG_NAME = re.compile(r"^(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?$")
 
 
@@ -251,14 +252,12 @@ class _ImageStreamer:
             queued = len(pending)
             try:
                 meanwhile()
-                while pending:
+                for batch in batches:
                     response = pending.popleft().result()
                     if queued < len(batches):
                         pending.append(engine.submit(open_save, self.client, [r.id for r in batches[queued]]))
                         queued += 1
-                    for saved in saved_files(response):
-                        self.task.step(len(self.written), len(wanted), "layers+configs")
-                        self._take(saved, wanted, configs, every_layer)
+                    self._stream_export(batch, response, wanted, configs, every_layer)
             finally:
                 for future in pending:
                     future.add_done_callback(lambda done: done.exception() or done.result().close())
@@ -278,10 +277,62 @@ class _ImageStreamer:
         self.task.add_bytes(cached.size)
         self.written.add(digest)
 
+    def _stream_export(self, batch: list[ImageRecord], response, wanted: set[str], configs: set[str],
+                       every_layer: set[str]) -> None:
+        """Take one export's files into the archive.
+
+        An export holds each of its layers once as a file. When every layer of
+        the batch is wanted and none is written yet, each layer file of
+        unknown path is a distinct wanted layer: it goes in without being
+        hashed, and is named from the export's manifest.json once the export
+        has streamed. (The engine checks every layer against its diffID as it
+        exports it, and the site's engine checks again as it loads.) Otherwise
+        layers are hashed as they stream and named by their digest, so that
+        duplicates and layers a delta leaves out can be dropped.
+        """
+        layers = {digest_hex(d) for record in batch for d in record.diff_ids}
+        engine_names_layers = layers <= wanted and not layers & self.written
+        unnamed: dict[str, PendingMember] = {}
+        export_manifest: Optional[bytes] = None
+        for saved in saved_files(response):
+            self.task.step(len(self.written), len(wanted), "layers+configs")
+            if not engine_names_layers:
+                self._take(saved, wanted, configs, every_layer)
+            elif saved.name == "manifest.json" and saved.size <= _MAX_EXPORT_MANIFEST:
+                export_manifest = b"".join(saved.chunks)
+            elif saved.name.endswith("/layer.tar") and self._known_digest(saved.name) is None:
+                unnamed[saved.name] = self.writer.add_stream_named_later(
+                    saved.size, _counting(saved.chunks, self.task.add_bytes), saved.name)
+            else:
+                self._take(saved, wanted, configs, every_layer)
+        if unnamed:
+            if export_manifest is None:
+                raise EngineError("the engine's export has no manifest.json saying which layer is which; "
+                                  "is the engine a Docker release? Run the build again")
+            paths = layer_paths_in_export(export_manifest, batch)
+            for save_path, member in unnamed.items():
+                digest = paths.get(save_path)
+                if digest is None:
+                    raise EngineError(f"the engine's export does not say which layer {save_path} holds: export corrupted")
+                if digest in self.written:
+                    raise EngineError(f"the engine exported layer sha256:{digest[:12]} twice: export corrupted")
+                self.writer.name_later(member, layer_path(digest), digest)
+                self._note_written(save_path, digest)
+
+    def _known_digest(self, save_path: str) -> Optional[str]:
+        """The digest a save path holds when its name says so, or this or an earlier build saw it."""
+        match = _CONFIG_NAME.match(save_path)
+        return match.group(1) if match else self.path_digests.get(save_path) or (
+            self.cache.digest_of_path(save_path) if self.cache else None)
+
+    def _note_written(self, save_path: str, digest: str) -> None:
+        self.written.add(digest)
+        self.path_digests[save_path] = digest
+        if self.cache is not None:
+            self.cache.remember_path(save_path, digest)
+
     def _take(self, saved: SavedFile, wanted: set[str], configs: set[str], every_layer: set[str]) -> None:
-        match = _CONFIG_NAME.match(saved.name)
-        known = match.group(1) if match else self.path_digests.get(saved.name) or (
-            self.cache.digest_of_path(saved.name) if self.cache else None)
+        known = self._known_digest(saved.name)
         if known is not None and (known in self.written or known not in wanted):
             _drain(saved.chunks)  # a layer already written, or one this archive leaves out
             return
@@ -301,10 +352,7 @@ class _ImageStreamer:
         else:
             _drain(counted)
             return
-        self.written.add(record.sha256)
-        self.path_digests[saved.name] = record.sha256
-        if self.cache is not None:
-            self.cache.remember_path(saved.name, record.sha256)
+        self._note_written(saved.name, record.sha256)
 
     def _layer_name(self, save_path: str, sha: str, wanted: set[str], every_layer: set[str]) -> Optional[str]:
         if sha not in every_layer:
@@ -313,6 +361,26 @@ class _ImageStreamer:
         if self.cache is not None:
             self.cache.remember_path(save_path, sha)
         return None if sha in self.written or sha not in wanted else layer_path(sha)
+
+
+def layer_paths_in_export(export_manifest: bytes, records: list[ImageRecord]) -> dict[str, str]:
+    """Save path of each layer file → its sha256 (hex), from an export's manifest.json and the images' diffIDs."""
+    by_config = {digest_hex(r.id): r for r in records}
+    unreadable = EngineError("the engine's export has a manifest.json this tool cannot read: run the build again")
+    try:
+        entries = json.loads(export_manifest)
+        paths: dict[str, str] = {}
+        for entry in entries:
+            match = _CONFIG_NAME.match(entry["Config"])
+            record = by_config.get(match.group(1)) if match else None
+            if record is None or len(entry["Layers"]) != len(record.diff_ids):
+                raise unreadable
+            for save_path, diff_id in zip(entry["Layers"], record.diff_ids):
+                if paths.setdefault(save_path, digest_hex(diff_id)) != digest_hex(diff_id):
+                    raise unreadable
+    except (ValueError, KeyError, TypeError):
+        raise unreadable from None
+    return paths
 
 
 def _keep_in_cache(cache: MemberCache, record: MemberRecord, frame: DataFrame) -> None:

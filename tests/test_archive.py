@@ -393,3 +393,38 @@ def test_finished_data_is_flushed_to_disk_while_the_archive_streams(tmp_path: Pa
     write_bundle(archive, private)
     assert flushed_sizes and min(flushed_sizes) < archive.stat().st_size  # before the end, not only at it
     verify_archive(archive, [public])
+
+
+def test_a_member_named_after_it_streamed_reads_back_under_that_name(tmp_path: Path, keypair) -> None:
+    from installer.archive import FramedArchiveReader
+
+    private, public, _ = keypair
+    layer = _layer_bytes("delta", 70_000)
+    diff = hashlib.sha256(layer).hexdigest()
+    reported = []
+    archive = tmp_path / "demo-v1.tar.zst"
+    with ArchiveWriter(archive, header_reserve=64 * 1024, on_data_written=lambda r, f: reported.append(r)) as writer:
+        pending = writer.add_stream_named_later(len(layer), [layer[:5000], layer[5000:]], "abc/layer.tar")
+        writer.add_bytes("release/compose.yml", b"services: {}\n")
+        writer.name_later(pending, layer_path(diff), diff)
+        header = BundleHeader(name="demo", version="v1", tool_version="test", platform="linux/amd64",
+                              created="1970-01-01T00:00:00Z", signer=fingerprint(private.public_key()),
+                              images=[], members=list(writer.members))
+        writer.finish(header.to_bytes(), sign(private, header.to_bytes()))
+    assert [m.path for m in header.members] == [layer_path(diff), "release/compose.yml"]
+    assert header.members[0].sha256 == diff and header.members[0].frames_sha256
+    assert {r.path for r in reported} == {layer_path(diff), "release/compose.yml"}  # reported once named
+    verify_archive(archive, [public])
+    with FramedArchiveReader(archive) as reader:
+        assert {m.name: b"".join(m.chunks()) for m in reader.members()}[layer_path(diff)] == layer
+
+
+def test_a_member_never_named_stops_the_archive_from_being_sealed(tmp_path: Path) -> None:
+    from installer.archive import ArchiveWriteError
+
+    archive = tmp_path / "demo-v1.tar.zst"
+    with pytest.raises(ArchiveWriteError, match="never named"):
+        with ArchiveWriter(archive, header_reserve=64 * 1024) as writer:
+            writer.add_stream_named_later(4, [b"data"], "abc/layer.tar")
+            writer.finish(b"{}", b"")
+    assert not archive.exists() and not archive.with_name(archive.name + ".partial").exists()

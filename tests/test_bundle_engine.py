@@ -2,6 +2,7 @@
 load it into an empty air-gapped daemon, and break it every way verify must catch."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -278,3 +279,64 @@ def test_warm_cache_rebuild_writes_the_same_members_without_the_engine(built, ke
     assert {(m.path, m.sha256, m.size) for m in cold.members} == {(m.path, m.sha256, m.size) for m in warm.members}
     bundle("verify", str(outs[1]), "--pubkey", str(keys["public"]), docker_host=harness.build_docker_host)
     assert any(cache.rglob("*.zst"))
+
+
+def _layer_tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_600_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _load_layered_images(client, images: dict[str, list[bytes]]) -> None:
+    """Load images made of exactly these layer tars (bottom first) into ``client``'s engine."""
+    files: dict[str, bytes] = {}
+    manifest = []
+    for ref, layers in images.items():
+        digests = [hashlib.sha256(layer).hexdigest() for layer in layers]
+        files.update({f"{digest}/layer.tar": layer for digest, layer in zip(digests, layers)})
+        config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": {"test": ref}},
+                             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in digests]}}).encode()
+        config_name = hashlib.sha256(config).hexdigest() + ".json"
+        files[config_name] = config
+        manifest.append({"Config": config_name, "RepoTags": [ref], "Layers": [f"{d}/layer.tar" for d in digests]})
+    files["manifest.json"] = json.dumps(manifest).encode()
+    client.images.load(_layer_tar(files))
+
+
+def test_a_layer_shared_by_images_on_different_bases_is_archived_once_under_its_digest(
+        keys, harness, build_engine, target_engine, tmp_path) -> None:
+    from bench.imageset import write_manifest
+    from installer.archive import FramedArchiveReader, layer_path
+
+    shared = _layer_tar({"app/shared.txt": b"the same layer on two bases\n" * 5000})
+    images = {
+        "shared-test/one:latest": [_layer_tar({"base/one.txt": b"base one\n" * 4000}), shared],
+        "shared-test/two:latest": [_layer_tar({"base/two.txt": b"base two\n" * 9000}), shared],
+        "shared-test/three:latest": [_layer_tar({"base/one.txt": b"base one\n" * 4000}),
+                                     _layer_tar({"app/three.txt": b"three\n" * 100})],
+    }
+    _load_layered_images(build_engine, images)
+    manifest = write_manifest(tmp_path / "m", list(images), "v1")
+    out = tmp_path / "out"
+    bundle("build", str(manifest), "--no-pull", "--no-kit", "--plain", "--key", str(keys["private"]), "-o", str(out),
+           "--lock", str(tmp_path / "lock.json"), "--cache-dir", str(tmp_path / "cache"),
+           docker_host=harness.build_docker_host)
+    archive = out / "bench-v1.tar.zst"
+    header, _, _ = read_header(archive)
+    layers = [m for m in header.members if m.path.endswith("/layer.tar")]
+    assert len(layers) == len({m.path for m in layers}) == 4  # two bases, the shared layer once, three's own
+    with FramedArchiveReader(archive) as reader:
+        for member in reader.members():
+            if member.name.endswith("/layer.tar"):
+                assert member.name == layer_path(hashlib.sha256(b"".join(member.chunks())).hexdigest())
+    harness.reset_target()
+    with FramedArchiveReader(archive) as reader:
+        contents = {m.name: b"".join(m.chunks()) for m in reader.members() if m.name.startswith("images/")}
+    target_engine.images.load(_layer_tar({name.split("/", 1)[1]: data for name, data in contents.items()}))
+    present = {tag: image.id for image in target_engine.images.list() for tag in image.tags}
+    assert present == {target: image.id for image in header.images for target in image.targets}
+    assert len(present) == 3

@@ -64,6 +64,18 @@ class DataFrame:
 DataWritten = Callable[[MemberRecord, DataFrame], None]
 
 
+@dataclass
+class PendingMember:
+    """A member already streamed whose name and sha256 are given later (:meth:`ArchiveWriter.name_later`)."""
+
+    label: str
+    size: int
+    index: int
+    slot: list[int]
+    frame: Optional[DataFrame] = None
+    named: bool = False
+
+
 def tar_header(name: str, size: int, mtime: int = 0) -> bytes:
     """The tar header block(s) of a regular file ``name`` of ``size`` bytes."""
     info = tarfile.TarInfo(check_member_name(name))
@@ -256,9 +268,50 @@ class ArchiveWriter:
         self._end_data(record, data_start)
         return record
 
+    def add_stream_named_later(self, size: int, chunks: Iterable[bytes], label: str) -> PendingMember:
+        """Add a member whose name and sha256 the caller learns only after it has streamed.
+
+        Its data is not hashed here: the caller names it with :meth:`name_later`
+        and vouches for the sha256 it gives (an engine export that checked
+        each layer against its diffID as it produced it). Readers check the
+        member's frames like any other. ``label`` names the source in errors.
+        """
+        slot: list[int] = []
+        self._out.put(lambda: slot.append(self._file.tell()))
+        self._out.put(skippable_frame(MEMBER_HEADER_SLOT))
+        data_start = self._start_data()
+        self._queue_data(size, chunks, label, hash_content=False)
+        pending = PendingMember(label=label, size=size, index=len(self._members), slot=slot)
+        record = self._record(f"(not named yet: {label})", "", size)
+        self._end_data(record, data_start, pending)
+        return pending
+
+    def name_later(self, pending: PendingMember, name: str, sha256: str) -> MemberRecord:
+        """Give a member added by :meth:`add_stream_named_later` its name and the sha256 of its content."""
+        if pending.named:
+            raise ArchiveWriteError(f"{pending.label} was named twice")
+        self._claim(name)
+        header_frame = self._small_compressor.compress(tar_header(name, pending.size, self.mtime))
+        if len(header_frame) > MEMBER_HEADER_SLOT - SKIPPABLE_OVERHEAD:
+            raise ArchiveWriteError(f"tar header of {name!r} does not fit its reserved slot")
+        pending.named = True
+        self._members[pending.index] = replace(self._members[pending.index], path=name, sha256=sha256)
+
+        def write_name() -> None:  # runs once the member's data is in the file
+            os.pwrite(self._file.fileno(), header_frame + skippable_frame(MEMBER_HEADER_SLOT - len(header_frame)),
+                      pending.slot[0])
+            written = self._members[pending.index] = replace(self._members[pending.index], path=name, sha256=sha256)
+            if self._on_data_written is not None and pending.frame is not None:
+                self._on_data_written(written, pending.frame)
+        self._out.put(write_name)
+        return self._members[pending.index]
+
     # -- sealing --------------------------------------------------------------
     def finish(self, header: bytes, signature: bytes) -> Path:
         """Write the signed header into its reserved room and move the archive into place."""
+        unnamed = [m.path for m in self._members if not m.sha256]
+        if unnamed:
+            raise ArchiveWriteError(f"{len(unnamed)} member(s) were streamed but never named: {unnamed[0]}")
         self._out.put(self._small_compressor.compress(END_OF_ARCHIVE))
         self._out.drain()
         self._pool.shutdown(wait=True)
@@ -299,9 +352,9 @@ class ArchiveWriter:
             compressor = self._compressors.zstd = zstandard.ZstdCompressor(level=self.level, write_checksum=False)
         return compressor.compress(data)
 
-    def _queue_data(self, size: int, chunks: Iterable[bytes], label: str) -> str:
-        """Queue ``size`` bytes plus tar padding for compression, block by block; return their sha256."""
-        digest = hashlib.sha256()
+    def _queue_data(self, size: int, chunks: Iterable[bytes], label: str, hash_content: bool = True) -> str:
+        """Queue ``size`` bytes plus tar padding for compression, block by block; return their sha256 (or "")."""
+        digest = hashlib.sha256() if hash_content else None
         block: list[bytes] = []
         in_block = written = 0
         for chunk in chunks:
@@ -310,7 +363,8 @@ class ArchiveWriter:
             written += len(chunk)
             if written > size:
                 raise ArchiveWriteError(f"{label}: more data than the {size} bytes announced")
-            digest.update(chunk)
+            if digest is not None:
+                digest.update(chunk)
             block.append(chunk)
             in_block += len(chunk)
             if in_block >= DATA_BLOCK:
@@ -321,7 +375,7 @@ class ArchiveWriter:
         block.append(padding_for(size))
         if in_block or len(block[-1]):
             self._out.put(self._pool.submit(self._compress_block, b"".join(block)))
-        return digest.hexdigest()
+        return digest.hexdigest() if digest is not None else ""
 
     def _start_data(self) -> list[int]:
         """Queue a mark of where the next member's data begins (filled in when reached); its bytes are hashed from there."""
@@ -333,15 +387,17 @@ class ArchiveWriter:
         self._out.put(mark)
         return start
 
-    def _end_data(self, record: MemberRecord, start: list[int]) -> None:
+    def _end_data(self, record: MemberRecord, start: list[int], pending: Optional[PendingMember] = None) -> None:
         index = len(self._members) - 1
 
         def report() -> None:
             hashing, self._out.hashing = self._out.hashing, None
-            written = replace(record, frames_sha256=hashing.hexdigest())
-            self._members[index] = written
-            if self._on_data_written is not None:
-                self._on_data_written(written, DataFrame(self.partial_path, start[0], self._file.tell() - start[0], written.frames_sha256))
+            written = self._members[index] = replace(self._members[index], frames_sha256=hashing.hexdigest())
+            frame = DataFrame(self.partial_path, start[0], self._file.tell() - start[0], written.frames_sha256)
+            if pending is not None:
+                pending.frame = frame  # reported once it is named
+            elif self._on_data_written is not None:
+                self._on_data_written(written, frame)
             self._flush_in_background()
         self._out.put(report)
 
@@ -368,4 +424,4 @@ class ArchiveWriter:
         self._flush_in_background()
 
 
-__all__ = ["ArchiveWriter", "ArchiveWriteError", "DataFrame", "tar_header", "BLOCK"]
+__all__ = ["ArchiveWriter", "ArchiveWriteError", "DataFrame", "PendingMember", "tar_header", "BLOCK"]
