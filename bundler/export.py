@@ -1,9 +1,13 @@
 """Write the release into one signed archive, streaming images from the engine.
 
-The engine's save stream goes straight into the compressed archive: each
-layer is hashed as it passes and stored under its diffID, each config under
-its image ID, and a layer already stored is dropped, so the archive holds
-every shared layer once and nothing of the images is copied to disk first.
+The engine's save stream goes straight into the compressed archive, and
+nothing of the images is copied to disk first. Each layer is stored under its
+diffID and each config under its image ID. Where an export's layers are all
+new to the archive, they go in unhashed and are named from the export's own
+manifest.json (the engine checked each against its diffID as it exported it);
+otherwise each layer is hashed as it passes and a layer already stored, or
+one a delta leaves out, is dropped. Either way the archive holds every shared
+layer once.
 """
 from __future__ import annotations
 
