@@ -13,7 +13,7 @@ import zstandard
 
 from installer.archive import (
     ArchiveFormatError,
-    ArchiveReader,
+    FramedArchiveReader,
     ArchiveWriter,
     BundleHeader,
     ImageRecord,
@@ -93,7 +93,7 @@ def test_round_trip_members_and_digests(tmp_path: Path, keypair) -> None:
     verified = verify_archive(archive, [public])
     assert verified.signer == fingerprint(public)
     assert {m.path for m in verified.header.members} == set(contents)
-    with ArchiveReader(archive) as reader:
+    with FramedArchiveReader(archive) as reader:
         read = {m.name: m.read_all() for m in reader.members()}
     assert read == contents
     assert not (tmp_path / "demo-v1.tar.zst.partial").exists()
@@ -185,7 +185,7 @@ def test_flipped_byte_in_the_compressed_file_is_caught(tmp_path: Path, keypair) 
 def _assert_only_padding_changed(archive_bytes: bytes, public, tmp_path: Path) -> None:
     target = tmp_path / "ok.tar.zst"
     target.write_bytes(archive_bytes)
-    with ArchiveReader(target) as reader:
+    with FramedArchiveReader(target) as reader:
         for member in reader.members():
             member.skip()
 
@@ -227,7 +227,7 @@ def test_header_is_readable_without_reading_the_rest(tmp_path: Path, keypair) ->
     write_bundle(archive, private)
     header, raw, signature = read_header(archive)
     assert header.name == "demo" and signature is not None and len(signature) == 64
-    with ArchiveReader(archive) as reader:
+    with FramedArchiveReader(archive) as reader:
         reader.read_signed_header()
         assert reader.bytes_read < 10_000
 

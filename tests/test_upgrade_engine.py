@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from installer.archive import ArchiveReader, read_header
+from installer.archive import FramedArchiveReader, read_header
 from installer.engine import chain_ids
 from tests.harness import SOURCE_DIR
 from tests.test_install_engine import PROJECT, REGISTRY, airgap_install, engine_snapshot, tree_snapshot
@@ -99,7 +99,7 @@ def rows(target_engine) -> str:
 
 
 def layer_members(archive: Path) -> dict[str, bytes]:
-    with ArchiveReader(archive) as reader:
+    with FramedArchiveReader(archive) as reader:
         return {m.name: m.read_all() for m in reader.members() if m.name.endswith("/layer.tar")}
 
 

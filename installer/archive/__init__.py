@@ -19,15 +19,15 @@ from .layout import (
     layer_path,
     release_path,
 )
-from .reader import ArchiveFormatError, ArchiveReader, FramedArchiveReader, FramedMember, MemberStream, SignedHeader
+from .reader import ArchiveFormatError, FramedArchiveReader, FramedMember, SignedHeader
 from .verify import VerificationError, VerifiedBundle, check_signature, read_header, verify_archive
 from .writer import ArchiveWriteError, ArchiveWriter
 
 __all__ = [
-    "ArchiveFormatError", "ArchiveReader", "ArchiveWriteError", "ArchiveWriter", "BundleHeader",
+    "ArchiveFormatError", "ArchiveWriteError", "ArchiveWriter", "BundleHeader",
     "FramedArchiveReader", "FramedMember",
     "FORMAT", "HEADER_NAME", "HeaderError", "IMAGES_DIR", "IMAGES_MANIFEST", "ImageRecord",
-    "MemberRecord", "MemberStream", "RELEASE_DIR", "SIGNATURE_NAME", "SignedHeader",
+    "MemberRecord", "RELEASE_DIR", "SIGNATURE_NAME", "SignedHeader",
     "VerificationError", "VerifiedBundle", "check_signature", "config_path", "digest_hex",
     "layer_path", "read_header", "release_path", "verify_archive",
 ]

@@ -1,24 +1,19 @@
-"""Read a bundle archive member by member.
+"""Read a bundle archive member by member, frame by frame.
 
-Both readers parse the tar themselves (ustar headers, PAX extended headers)
-so they never read past the member they are on: a decoding error is
-attributed to the member whose bytes were being read, and only regular files
-with safe names are accepted.
-
-- ``ArchiveReader`` streams the decompressed tar (used to read the signed
-  header at the front).
-- ``FramedArchiveReader`` walks the archive frame by frame: it can hand over
-  a member's compressed frames as they are (to check them against the signed
-  header) or step over them, without decompressing; contents are still
-  available, decompressed frame by frame.
+The reader parses the tar itself (ustar headers, PAX extended headers) so it
+never reads past the member it is on: a decoding error is attributed to the
+member whose bytes were being read, and only regular files with safe names are
+accepted. It reads the signed header at the front without touching the rest,
+and walks the archive frame by frame: it can hand over a member's compressed
+frames as they are (to check them against the signed header) or step over
+them, without decompressing; contents are still available, decompressed frame
+by frame.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional
-
-import zstandard
 
 from .frames import Frame, FrameError, FrameWalker, decompress_frame, decompress_stream
 from .layout import CHUNK, DATA_BLOCK, HEADER_NAME, SIGNATURE_NAME, check_member_name, padding_for
@@ -36,125 +31,6 @@ class SignedHeader:
 
     header: bytes
     signature: Optional[bytes]
-
-
-class _Member:
-    """What both readers' members offer: a name, a size, chunks, and a small member whole."""
-
-    name: str
-    size: int
-
-    def chunks(self, chunk_size: int = CHUNK) -> Iterator[bytes]:
-        raise NotImplementedError
-
-    def read_all(self, limit: int = 64 << 20) -> bytes:
-        """Read the whole member into memory (only for small members)."""
-        if self.size > limit:
-            raise ArchiveFormatError(f"member {self.name!r} is {self.size} bytes, too large to read into memory")
-        return b"".join(self.chunks())
-
-
-class MemberStream(_Member):
-    """One member being read: its name and size, and its bytes as chunks."""
-
-    def __init__(self, tar: TarStream, name: str, size: int, path: Path):
-        self.name = name
-        self.size = size
-        self._tar = tar
-        self._path = path
-
-    def chunks(self, chunk_size: int = CHUNK) -> Iterator[bytes]:
-        """Yield the member's bytes in chunks of at most ``chunk_size``."""
-        try:
-            yield from self._tar.chunks(chunk_size)
-        except TarStreamError as exc:
-            raise ArchiveFormatError(f"{self._path}: {str(exc).replace('the stream', 'the archive')}") from None
-
-    def skip(self) -> None:
-        """Discard what is left of the member."""
-        for _ in self.chunks():
-            pass
-
-
-class ArchiveReader:
-    """Iterate over the members of a ``.tar.zst`` bundle.
-
-    ``read_signed_header()`` reads only the first two members; ``members()``
-    yields every member after them. Open one reader per pass.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._file = _open_archive(self.path)
-        self._stream = zstandard.ZstdDecompressor().stream_reader(self._file, read_across_frames=True, read_size=CHUNK)
-        self._tar = TarStream(self._stream.read, on_error=self._decode_error)
-        self._header: Optional[SignedHeader] = None
-        self._pending: Optional[MemberStream] = None
-
-    def __enter__(self) -> "ArchiveReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _decode_error(self, exc: Exception, where: str) -> Exception:
-        if isinstance(exc, zstandard.ZstdError):
-            return ArchiveFormatError(f"{self.path}: corrupt compressed data in {where} (zstd: {exc})")
-        return exc
-
-    def close(self) -> None:
-        """Release the file."""
-        self._stream.close()
-        self._file.close()
-
-    def read_signed_header(self) -> SignedHeader:
-        """Return ``bundle.json`` and its signature: the archive's first two members.
-
-        ``signature`` is None when the archive is unsigned.
-        """
-        if self._header is None:
-            first = self._next_member("the start of the archive")
-            if first is None or first.name != HEADER_NAME:
-                raise ArchiveFormatError(
-                    f"{self.path}: the first member is {first.name if first else 'missing'!r}, expected {HEADER_NAME!r}"
-                    " (not a bundle made by airgap-bundle, or damaged)"
-                )
-            header = first.read_all(limit=16 << 20)
-            second = self._next_member(HEADER_NAME)
-            if second is not None and second.name == SIGNATURE_NAME:
-                self._header = SignedHeader(header=header, signature=second.read_all(limit=4096))
-            else:
-                self._pending = second
-                self._header = SignedHeader(header=header, signature=None)
-        return self._header
-
-    def members(self) -> Iterator[MemberStream]:
-        """Yield every member after the signed header, in archive order.
-
-        A member not read to its end is skipped when the next one is asked for.
-        """
-        signed = self.read_signed_header()
-        previous = SIGNATURE_NAME if signed.signature is not None else HEADER_NAME
-        if self._pending is not None:
-            member, self._pending = self._pending, None
-            yield member
-            previous = member.name
-        while True:
-            member = self._next_member(previous)
-            if member is None:
-                return
-            yield member
-            previous = member.name
-
-    # -- tar parsing ------------------------------------------------------------
-    def _next_member(self, previous: str) -> Optional[MemberStream]:
-        entry = _next_file(self._tar, previous, self.path)
-        return None if entry is None else MemberStream(self._tar, entry.name, entry.size, self.path)
-
-    @property
-    def bytes_read(self) -> int:
-        """Uncompressed bytes read so far."""
-        return self._tar.bytes_read
 
 
 def _next_file(tar: TarStream, previous: str, path: Path) -> Optional[TarEntry]:
@@ -192,7 +68,7 @@ def _open_archive(path: Path) -> BinaryIO:
 WHOLE_FRAME_LIMIT = 4 * DATA_BLOCK  # frames up to this content size are decompressed in one call
 
 
-class FramedMember(_Member):
+class FramedMember:
     """A member met by :class:`FramedArchiveReader`: name, size, and its data compressed or not.
 
     ``framed`` says whether its data sits in frames of its own (as the
@@ -235,6 +111,12 @@ class FramedMember(_Member):
                 left -= min(len(piece), left)
         self.finished = True
 
+    def read_all(self, limit: int = 64 << 20) -> bytes:
+        """Read the whole member into memory (only for small members)."""
+        if self.size > limit:
+            raise ArchiveFormatError(f"member {self.name!r} is {self.size} bytes, too large to read into memory")
+        return b"".join(self.chunks())
+
     def skip(self) -> None:
         """Step over the member's data (without decompressing it when it is framed)."""
         if self.started:
@@ -246,8 +128,9 @@ class FramedMember(_Member):
 class FramedArchiveReader:
     """Iterate over a bundle's members frame by frame; see the module docstring.
 
-    ``members()`` yields every member after the signed header; a member not
-    read is stepped over when the next one is asked for.
+    ``read_signed_header()`` reads only the first two members; ``members()``
+    yields every member after them, and a member not read is stepped over
+    when the next one is asked for. Open one reader per pass.
     """
 
     def __init__(self, path: Path):
@@ -258,6 +141,8 @@ class FramedArchiveReader:
         self._plain_at = 0
         self._streaming: Optional[Iterator[bytes]] = None
         self._tar = TarStream(self._read_plain, on_error=self._decode_error)
+        self._signed: Optional[SignedHeader] = None
+        self._after_header: Optional[FramedMember] = None  # the first member of an unsigned archive
 
     def __enter__(self) -> "FramedArchiveReader":
         return self
@@ -269,25 +154,60 @@ class FramedArchiveReader:
         """Release the file."""
         self._file.close()
 
+    def read_signed_header(self) -> SignedHeader:
+        """Return ``bundle.json`` and its signature: the archive's first two members.
+
+        ``signature`` is None when the archive is unsigned.
+        """
+        if self._signed is None:
+            first = self._next_member("the start of the archive")
+            if first is None or first.name != HEADER_NAME:
+                raise ArchiveFormatError(
+                    f"{self.path}: the first member is {first.name if first else 'missing'!r}, expected {HEADER_NAME!r}"
+                    " (not a bundle made by airgap-bundle, or damaged)"
+                )
+            header = first.read_all(limit=16 << 20)
+            self._done_with(first)
+            second = self._next_member(HEADER_NAME)
+            if second is not None and second.name == SIGNATURE_NAME:
+                self._signed = SignedHeader(header=header, signature=second.read_all(limit=4096))
+                self._done_with(second)
+            else:
+                self._after_header = second
+                self._signed = SignedHeader(header=header, signature=None)
+        return self._signed
+
     def members(self) -> Iterator[FramedMember]:
         """Every member after ``bundle.json`` and its signature, in archive order."""
-        previous = "the start of the archive"
+        signed = self.read_signed_header()
+        previous = SIGNATURE_NAME if signed.signature is not None else HEADER_NAME
+        member, self._after_header = self._after_header, None
         while True:
-            entry = _next_file(self._tar, previous, self.path)
-            if entry is None:
+            member = member or self._next_member(previous)
+            if member is None:
                 return
-            previous = entry.name
-            if entry.name in (HEADER_NAME, SIGNATURE_NAME):
-                continue
-            member = FramedMember(self, entry.name, entry.size, framed=self._at_frame_end())
             yield member
-            member.skip()
-            if member.started and not member.finished:
-                raise RuntimeError(f"member {member.name!r} was read only in part; read members to their end or not at all")
-            if member.framed:
-                self._tar.forget_current()
+            self._done_with(member)
+            previous, member = member.name, None
+
+    @property
+    def bytes_read(self) -> int:
+        """Uncompressed tar bytes read so far."""
+        return self._tar.bytes_read
 
     # -- internals ------------------------------------------------------------
+    def _next_member(self, previous: str) -> Optional[FramedMember]:
+        entry = _next_file(self._tar, previous, self.path)
+        return None if entry is None else FramedMember(self, entry.name, entry.size, framed=self._at_frame_end())
+
+    def _done_with(self, member: FramedMember) -> None:
+        """Step over what is left of ``member`` and go on after it."""
+        member.skip()
+        if member.started and not member.finished:
+            raise RuntimeError(f"member {member.name!r} was read only in part; read members to their end or not at all")
+        if member.framed:
+            self._tar.forget_current()
+
     def _at_frame_end(self) -> bool:
         return self._plain_at >= len(self._plain) and self._streaming is None
 

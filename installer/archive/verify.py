@@ -14,7 +14,7 @@ from ..signing import find_signer, fingerprint
 from .header import BundleHeader, HeaderError, MemberRecord
 from .layout import IMAGES_MANIFEST, config_path, layer_path
 from .parts import PartsError, check_parts, find_index
-from .reader import ArchiveFormatError, ArchiveReader, FramedArchiveReader, FramedMember
+from .reader import ArchiveFormatError, FramedArchiveReader, FramedMember
 
 ProgressCallback = Callable[[int], None]
 
@@ -41,7 +41,7 @@ class VerifiedBundle:
 def read_header(path: Path) -> tuple[BundleHeader, bytes, Optional[bytes]]:
     """Read the header without checking it: (parsed header, raw bytes, signature)."""
     try:
-        with ArchiveReader(path) as reader:
+        with FramedArchiveReader(path) as reader:
             signed = reader.read_signed_header()
     except ArchiveFormatError as exc:
         raise VerificationError(str(exc)) from None
@@ -60,7 +60,7 @@ def check_signature(
     (the caller must say so loudly); the signer is then None.
     """
     try:
-        with ArchiveReader(path) as reader:
+        with FramedArchiveReader(path) as reader:
             signed = reader.read_signed_header()
     except ArchiveFormatError as exc:
         raise VerificationError(str(exc)) from None
