@@ -79,11 +79,17 @@ def median(runs: list[float], name: str = "") -> float:
     return statistics.median(runs)
 
 
+def settle() -> None:
+    """Write out what earlier runs left in the page cache, so no timed run pays for another's writeback."""
+    os.sync()
+
+
 def repeat(times: int, action: Callable[[], float], before: Optional[Callable[[], None]] = None) -> list[float]:
     results = []
     for _ in range(times):
         if before:
             before()
+        settle()
         results.append(action())
     return results
 
@@ -136,9 +142,13 @@ def main() -> None:
     zst, out1 = work / "all.tar.zst", work / "v1"
     floor, expert, cold = [], [], []
     for _ in range(args.repeat):
+        settle()
         floor.append(shell(f"{DOCKER} save {all_refs} > /dev/null", build_env))
+        zst.unlink(missing_ok=True)
+        settle()
         expert.append(shell(f"{DOCKER} save {all_refs} | zstd -T0 -3 -q -f -o {zst}", build_env))
         subprocess.run(["rm", "-rf", str(cache), str(out1)], check=True)
+        settle()
         cold.append(run_measured(bundle + [str(manifest_v1), "-o", str(out1), "--lock", str(work / "v1.lock.json")],
                                  dict(build_env, AIRGAP_BUNDLE_CACHE=str(cache))))
     figures["save_devnull_s"] = median(floor, "save_devnull_s")
@@ -155,6 +165,7 @@ def main() -> None:
     warm = []
     for _ in range(args.repeat):
         subprocess.run(["rm", "-rf", str(out2)], check=True)
+        settle()
         warm.append(run_measured(bundle + [str(manifest_v2), "-o", str(out2), "--lock", str(work / "v2.lock.json")],
                                  dict(build_env, AIRGAP_BUNDLE_CACHE=str(cache))))
     figures["bundle_next_s"] = median([m.seconds for m in warm], "bundle_next_s")
@@ -177,8 +188,10 @@ def main() -> None:
     install = [PY, "-m", "installer.cli", "install", "--pubkey", str(work / "bench.pub"), "--timeout", "600"]
     for run in range(args.repeat):
         reset()
+        settle()
         expert_loads.append(shell(f"zstd -dc {zst} | {DOCKER} load -q > /dev/null", target_env))
         reset()
+        settle()
         installs.append(run_measured(install + [str(archive_v1), "--prefix", str(work / f"site{run}")], target_env))
     figures["install_zstd_s"] = median(expert_loads, "install_zstd_s")
     timings = [_timings(m) for m in installs]
@@ -198,6 +211,7 @@ def main() -> None:
             reset()
             prefix = work / f"up-{kind}{run}"
             run_measured(install + [str(archive_v1), "--prefix", str(prefix)], target_env)
+            settle()
             runs.append(run_measured(install + [str(archive), "--prefix", str(prefix)], target_env))
         figures[f"upgrade_{kind}_verify_load_s"] = median([_timings(m)["verify"] + _timings(m)["load"] for m in runs])
         figures[f"upgrade_{kind}_total_s"] = median([m.seconds for m in runs])
