@@ -151,7 +151,7 @@ def ensure_images(client: docker.DockerClient, scale: float, changed_app: Option
         archive_images.append((ref, image, config))
         needed_layers.update(image.layers)
     if archive_images:
-        say(f"bench: loading {len(archive_images)} image(s), {len(needed_layers)} layer(s) at scale {scale}")
+        say(f"loading {len(archive_images)} image(s), {len(needed_layers)} layer(s) at scale {scale}")
         for event in client.api.load_image(_docker_archive(archive_images, layers, digests, needed_layers)):
             if "error" in event:
                 raise RuntimeError(event["error"])
