@@ -23,7 +23,7 @@ from . import engine as engine_ops
 from .archive import BundleHeader, VerificationError, read_header, verify_archive
 from .compose import ComposeError, ComposeProject
 from .health import ServiceState, last_log_lines, wait_until_ready
-from .loader import LoadPlan, docker_archive_stream, missing_members_in_archive
+from .loader import LoadPlan, docker_archive_stream, missing_members_in_archive, read_ahead
 from .preflight import PreflightReport, run_preflight
 from .site import (
     ENV_FILE,
@@ -224,7 +224,7 @@ def load_missing(client: docker.DockerClient, archive: Path, header: BundleHeade
     say(f"load: {len(plan.images)} image(s), {len(plan.layers)} layer(s), {plan.layer_bytes / 1e6:.1f} MB "
         f"(the engine has {len(plan.present_images)} image(s) already)")
     try:
-        return engine_ops.load(client, docker_archive_stream(archive, header, plan))
+        return engine_ops.load(client, read_ahead(docker_archive_stream(archive, header, plan)))
     except VerificationError as exc:
         raise InstallError(f"load aborted: {exc}") from None
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 from .archive import (
     IMAGES_DIR,
@@ -29,6 +31,8 @@ from .archive import (
 from .archive.layout import DATA_BLOCK, END_OF_ARCHIVE, padding_for
 from .archive.writer import tar_header
 from .engine import EngineInventory, chain_ids
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -116,3 +120,50 @@ def docker_archive_stream(
     if wanted:
         raise VerificationError(f"{len(wanted)} member(s) to load are missing from the archive: {', '.join(sorted(wanted)[:3])}")
     yield END_OF_ARCHIVE
+
+
+def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Yield ``items`` while a thread already produces the next ``depth`` of them.
+
+    The archive is decompressed while the engine reads what came before, as
+    ``zstd -dc | docker load`` does with two processes (zstd releases the GIL).
+    An error in the producer is raised here; closing this generator stops it.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def hand_over(kind: str, value: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not hand_over("item", item):
+                    return
+            hand_over("end", None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            hand_over("error", exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    producer = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value  # type: ignore[misc]
+            yield value  # type: ignore[misc]
+    finally:
+        stop.set()
+        producer.join()
