@@ -154,4 +154,3 @@ def decompress_stream(frame: Frame, piece: int = 1 << 20) -> Iterator[bytes]:
         raise FrameError(f"corrupt compressed data (zstd: {exc})") from None
     if not decompressor.eof:
         raise FrameError("corrupt compressed data: a zstd frame ends early")
-

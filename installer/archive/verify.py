@@ -14,7 +14,7 @@ from ..signing import find_signer, fingerprint
 from .header import BundleHeader, HeaderError, MemberRecord
 from .layout import IMAGES_MANIFEST, config_path, layer_path
 from .parts import PartsError, check_parts, find_index
-from .reader import ArchiveFormatError, FramedArchiveReader, FramedMember
+from .reader import ArchiveFormatError, FramedArchiveReader, FramedMember, SignedHeader
 
 ProgressCallback = Callable[[int], None]
 
@@ -38,13 +38,18 @@ class VerifiedBundle:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_header(path: Path) -> tuple[BundleHeader, bytes, Optional[bytes]]:
-    """Read the header without checking it: (parsed header, raw bytes, signature)."""
+def _read_signed_header(path: Path) -> SignedHeader:
+    """``bundle.json`` and its signature as raw bytes; VerificationError if the archive cannot be read."""
     try:
         with FramedArchiveReader(path) as reader:
-            signed = reader.read_signed_header()
+            return reader.read_signed_header()
     except ArchiveFormatError as exc:
         raise VerificationError(str(exc)) from None
+
+
+def read_header(path: Path) -> tuple[BundleHeader, bytes, Optional[bytes]]:
+    """Read the header without checking it: (parsed header, raw bytes, signature)."""
+    signed = _read_signed_header(path)
     try:
         return BundleHeader.from_bytes(signed.header), signed.header, signed.signature
     except HeaderError as exc:
@@ -59,11 +64,7 @@ def check_signature(
     With ``allow_untrusted`` an unsigned or unknown-signer bundle is accepted
     (the caller must say so loudly); the signer is then None.
     """
-    try:
-        with FramedArchiveReader(path) as reader:
-            signed = reader.read_signed_header()
-    except ArchiveFormatError as exc:
-        raise VerificationError(str(exc)) from None
+    signed = _read_signed_header(path)
     if signed.signature is None:
         if not allow_untrusted:
             raise VerificationError(

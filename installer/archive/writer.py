@@ -73,7 +73,6 @@ class PendingMember:
     index: int
     slot: list[int]
     frame: Optional[DataFrame] = None
-    named: bool = False
 
 
 def tar_header(name: str, size: int, mtime: int = 0) -> bytes:
@@ -225,7 +224,7 @@ class ArchiveWriter:
         data_start = self._start_data()
         sha256 = self._queue_data(size, chunks, name)
         record = self._record(name, sha256, size)
-        self._end_data(record, data_start)
+        self._end_data(data_start)
         return record
 
     def add_precompressed(self, name: str, size: int, sha256: str, frames: Path, frames_sha256: str) -> MemberRecord:
@@ -249,9 +248,7 @@ class ArchiveWriter:
         member (the file is cut back to where it began). ``label`` names the
         source in error messages.
         """
-        slot: list[int] = []
-        self._out.put(lambda: slot.append(self._file.tell()))
-        self._out.put(skippable_frame(MEMBER_HEADER_SLOT))
+        slot = self._reserve_header_slot()
         data_start = self._start_data()
         sha256 = self._queue_data(size, chunks, label)
         name = name_for(sha256)
@@ -259,13 +256,10 @@ class ArchiveWriter:
             self._out.put(lambda: self._cut_back(slot[0]))
             return None
         self._claim(name)
-        header_frame = self._small_compressor.compress(tar_header(name, size, self.mtime))
-        if len(header_frame) > MEMBER_HEADER_SLOT - SKIPPABLE_OVERHEAD:
-            raise ArchiveWriteError(f"tar header of {name!r} does not fit its reserved slot")
+        header = self._header_for_slot(name, size)
         record = self._record(name, sha256, size)
-        self._out.put(lambda: os.pwrite(
-            self._file.fileno(), header_frame + skippable_frame(MEMBER_HEADER_SLOT - len(header_frame)), slot[0]))
-        self._end_data(record, data_start)
+        self._out.put(lambda: os.pwrite(self._file.fileno(), header, slot[0]))
+        self._end_data(data_start)
         return record
 
     def add_stream_named_later(self, size: int, chunks: Iterable[bytes], label: str) -> PendingMember:
@@ -276,33 +270,26 @@ class ArchiveWriter:
         each layer against its diffID as it produced it). Readers check the
         member's frames like any other. ``label`` names the source in errors.
         """
-        slot: list[int] = []
-        self._out.put(lambda: slot.append(self._file.tell()))
-        self._out.put(skippable_frame(MEMBER_HEADER_SLOT))
+        slot = self._reserve_header_slot()
         data_start = self._start_data()
         self._queue_data(size, chunks, label, hash_content=False)
         pending = PendingMember(label=label, size=size, index=len(self._members), slot=slot)
-        record = self._record(f"(not named yet: {label})", "", size)
-        self._end_data(record, data_start, pending)
+        self._record(f"(not named yet: {label})", "", size)
+        self._end_data(data_start, pending)
         return pending
 
     def name_later(self, pending: PendingMember, name: str, sha256: str) -> MemberRecord:
         """Give a member added by :meth:`add_stream_named_later` its name and the sha256 of its content."""
-        if pending.named:
+        if self._members[pending.index].sha256:
             raise ArchiveWriteError(f"{pending.label} was named twice")
         self._claim(name)
-        header_frame = self._small_compressor.compress(tar_header(name, pending.size, self.mtime))
-        if len(header_frame) > MEMBER_HEADER_SLOT - SKIPPABLE_OVERHEAD:
-            raise ArchiveWriteError(f"tar header of {name!r} does not fit its reserved slot")
-        pending.named = True
+        header = self._header_for_slot(name, pending.size)
         self._members[pending.index] = replace(self._members[pending.index], path=name, sha256=sha256)
 
-        def write_name() -> None:  # runs once the member's data is in the file
-            os.pwrite(self._file.fileno(), header_frame + skippable_frame(MEMBER_HEADER_SLOT - len(header_frame)),
-                      pending.slot[0])
-            written = self._members[pending.index] = replace(self._members[pending.index], path=name, sha256=sha256)
+        def write_name() -> None:  # runs once the member's data is in the file (and its frames are reported)
+            os.pwrite(self._file.fileno(), header, pending.slot[0])
             if self._on_data_written is not None and pending.frame is not None:
-                self._on_data_written(written, pending.frame)
+                self._on_data_written(self._members[pending.index], pending.frame)
         self._out.put(write_name)
         return self._members[pending.index]
 
@@ -377,6 +364,20 @@ class ArchiveWriter:
             self._out.put(self._pool.submit(self._compress_block, b"".join(block)))
         return digest.hexdigest() if digest is not None else ""
 
+    def _reserve_header_slot(self) -> list[int]:
+        """Queue room for a tar header written once the member's name is known; the list gets the room's offset."""
+        slot: list[int] = []
+        self._out.put(lambda: slot.append(self._file.tell()))
+        self._out.put(skippable_frame(MEMBER_HEADER_SLOT))
+        return slot
+
+    def _header_for_slot(self, name: str, size: int) -> bytes:
+        """The compressed tar header of ``name``, padded with a skippable frame to fill its reserved room exactly."""
+        header_frame = self._small_compressor.compress(tar_header(name, size, self.mtime))
+        if len(header_frame) > MEMBER_HEADER_SLOT - SKIPPABLE_OVERHEAD:
+            raise ArchiveWriteError(f"tar header of {name!r} does not fit its reserved slot")
+        return header_frame + skippable_frame(MEMBER_HEADER_SLOT - len(header_frame))
+
     def _start_data(self) -> list[int]:
         """Queue a mark of where the next member's data begins (filled in when reached); its bytes are hashed from there."""
         start: list[int] = []
@@ -387,7 +388,8 @@ class ArchiveWriter:
         self._out.put(mark)
         return start
 
-    def _end_data(self, record: MemberRecord, start: list[int], pending: Optional[PendingMember] = None) -> None:
+    def _end_data(self, start: list[int], pending: Optional[PendingMember] = None) -> None:
+        """Queue the report of the member last recorded: its frames' sha256, then the data-written hook."""
         index = len(self._members) - 1
 
         def report() -> None:
