@@ -12,13 +12,15 @@ from installer.archive import VerificationError, read_header
 from installer.signing import load_private_key
 
 from . import engine
+from .application import Application, load_application, source_specs
 from .cache import MemberCache
-from .compose import render_compose
+from .compose import RenderedCompose, render_compose
 from .engine import EngineError, ImageFacts
 from .export import BaseRelease, collect_images, write_bundle
 from .lockfile import Lockfile, LockfileError, default_lock_path, lock_from_plan, manifest_digest, read_lock, write_lock
 from .manifest import ReleaseManifest, load_manifest
 from .plan import Plan, PlanEntry, make_plan
+from .starter import manifest_for_compose
 from .progress import Reporter
 from .refs import parse_ref
 
@@ -29,10 +31,10 @@ class BuildError(Exception):
 
 @dataclass
 class BuildRequest:
-    """Everything ``airgap-bundle build`` was asked to do."""
+    """Everything ``airgap-bundle build`` was asked to do (``compose_file`` instead of a manifest: ``--compose``)."""
 
-    manifest_path: Path
-    source_dir: Path
+    manifest_path: Optional[Path]
+    source_dir: Optional[Path]
     key_path: Path
     output_dir: Path
     registry: Optional[str] = None
@@ -46,24 +48,65 @@ class BuildRequest:
     pull: bool = True
     use_cache: bool = True
     cache_dir: Optional[Path] = None
+    compose_file: Optional[Path] = None
+    name: Optional[str] = None
+
+
+@dataclass
+class Release:
+    """A manifest with the application it describes, planned and derived (no engine needed)."""
+
+    manifest: ReleaseManifest
+    app: Application
+    plan: Plan
+    compose: RenderedCompose
+
+
+def open_manifest(manifest_path: Optional[Path], compose_file: Optional[Path], source_dir: Optional[Path], *,
+                  name: Optional[str] = None, tag: Optional[str] = None, registry: Optional[str] = None) -> ReleaseManifest:
+    """The release manifest: read from ``manifest_path``, or made from ``compose_file`` (``--compose``)."""
+    if (manifest_path is None) == (compose_file is None):
+        raise BuildError("give either a MANIFEST or --compose FILE (one of them)")
+    if compose_file is not None:
+        return manifest_for_compose(compose_file, source_dir=source_dir, name=name, version=tag or "v0.1.0",
+                                    registry=registry or "")
+    return load_manifest(manifest_path)
+
+
+def source_root(manifest: ReleaseManifest, compose_file: Optional[Path], source_dir: Optional[Path]) -> Path:
+    """--source, or with --compose the compose file's folder, or the current folder."""
+    if source_dir is not None:
+        return Path(source_dir)
+    return Path(compose_file).resolve().parent if compose_file is not None else Path(".")
+
+
+def plan_release(manifest: ReleaseManifest, source_dir: Path, *, registry: Optional[str], tag: Optional[str],
+                 platform: str, with_build_bases: bool) -> Release:
+    """Read the application, plan every image and derive the site's compose config."""
+    app = load_application(manifest, source_dir)
+    manifest.sources = source_specs(manifest, app)
+    plan = make_plan(manifest, registry=registry, tag=tag, platform=platform, with_build_bases=with_build_bases)
+    return Release(manifest=manifest, app=app, plan=plan, compose=render_compose(plan, app))
 
 
 def resolve(
-    manifest_path: Path,
+    manifest: ReleaseManifest,
+    source_dir: Path,
     *,
     client: Optional[docker.DockerClient],
     registry: Optional[str],
     tag: Optional[str],
     platform: Optional[str],
     with_build_bases: bool,
-) -> Plan:
-    """Make the plan and fill in what the engine and registry know (IDs, digests)."""
-    manifest = load_manifest(manifest_path)
+) -> Release:
+    """Plan the release and fill in what the engine and registry know (IDs, digests)."""
     if platform is None:
         platform = engine.host_platform(client) if client else "linux/amd64"
-    plan = make_plan(manifest, registry=registry, tag=tag, platform=platform, with_build_bases=with_build_bases)
+    release = plan_release(manifest, source_dir, registry=registry, tag=tag, platform=platform,
+                           with_build_bases=with_build_bases)
+    plan = release.plan
     if client is None:
-        return plan
+        return release
     for entry in plan.of_kind("dependency", "build-base"):
         local = engine.find_local(client, entry.upstream)
         if local and engine.platform_matches(local.platform, platform):
@@ -75,21 +118,27 @@ def resolve(
         local = engine.find_local(client, entry.target)
         entry.image_id = local.id if local else None
     _link_reused(plan)
-    return plan
+    return release
 
 
 def build(request: BuildRequest, reporter: Reporter) -> Path:
     """Pull, build, tag, render and write ``OUTPUT/NAME-TAG.tar.zst``; return its path."""
-    manifest = load_manifest(request.manifest_path)
+    manifest = open_manifest(request.manifest_path, request.compose_file, request.source_dir, name=request.name,
+                             tag=request.tag, registry=request.registry)
+    source_dir = source_root(manifest, request.compose_file, request.source_dir)
     private_key = load_private_key(request.key_path)
     client = engine.connect()
     platform = request.platform or engine.host_platform(client)
-    plan = make_plan(manifest, registry=request.registry, tag=request.tag, platform=platform,
-                     with_build_bases=request.with_build_bases)
-    compose = render_compose(plan)
-    _check_sources(manifest, request.source_dir)
-    lock_path = request.lock_path or default_lock_path(request.manifest_path)
-    lock = _usable_lock(lock_path, request, platform, reporter) if request.use_lock else None
+    release = plan_release(manifest, source_dir, registry=request.registry, tag=request.tag, platform=platform,
+                           with_build_bases=request.with_build_bases)
+    plan, compose = release.plan, release.compose
+    for warning in compose.warnings:
+        reporter.line(f"warning: {warning}")
+    _check_sources(manifest, source_dir)
+    lock_path = request.lock_path or (
+        default_lock_path(request.manifest_path) if request.manifest_path
+        else Path(request.output_dir) / f"{manifest.name}.lock.json")
+    lock = _usable_lock(lock_path, manifest.path, platform, reporter) if request.use_lock else None
     base = load_base(request.since, manifest.name) if request.since else None
     reporter.line(f"bundle {manifest.name} {plan.tag} for {platform}: {len(plan.entries)} image names")
 
@@ -98,7 +147,7 @@ def build(request: BuildRequest, reporter: Reporter) -> Path:
         facts_for = _pull(client, entry, platform, lock, reporter) if request.pull else _use_local(client, entry, platform, lock)
         facts[facts_for.id] = facts_for
     for entry in plan.of_kind("source"):
-        facts_for = _build_source(client, manifest, entry, request.source_dir, plan, platform, reporter)
+        facts_for = _build_source(client, manifest, entry, source_dir, plan, platform, reporter)
         facts[facts_for.id] = facts_for
     _link_reused(plan)
 
@@ -250,7 +299,7 @@ def _check_sources(manifest: ReleaseManifest, source_dir: Path) -> None:
             raise BuildError(f"{manifest.path}: {spec.key}.dockerfile: {spec.dockerfile} is outside its context {spec.context}")
 
 
-def _usable_lock(path: Path, request: BuildRequest, platform: str, reporter: Reporter) -> Optional[Lockfile]:
+def _usable_lock(path: Path, manifest_path: Path, platform: str, reporter: Reporter) -> Optional[Lockfile]:
     if not Path(path).exists():
         return None
     try:
@@ -260,7 +309,7 @@ def _usable_lock(path: Path, request: BuildRequest, platform: str, reporter: Rep
     if lock.platform != platform:
         reporter.line(f"lockfile {path} is for {lock.platform}, not {platform}: ignoring its pins")
         return None
-    if lock.manifest_sha256 != manifest_digest(request.manifest_path):
+    if lock.manifest_sha256 != manifest_digest(manifest_path):
         reporter.line(f"lockfile {path} was made from another version of the manifest: pins kept for unchanged images")
     return lock
 

@@ -14,8 +14,10 @@ from installer.archive.parts import parse_size, read_index, split_archive
 from installer.archive.reader import ArchiveFormatError
 from installer.signing import KeyFileError, generate_keypair, load_public_keys
 
-from .build import BuildError, BuildRequest, build, resolve
+from .build import BuildError, BuildRequest, Release, build, open_manifest, resolve, source_root
 from .compose import ComposeError
+from .composefile import ComposeFileError
+from .starter import bundle_name_for, manifest_text, starter_manifest
 from .engine import EngineError, connect
 from .kit import KitError, build_kit
 from .lockfile import LockfileError, default_lock_path, lock_from_plan, write_lock
@@ -25,7 +27,7 @@ from .progress import Reporter
 from .refs import ReferenceError_
 
 EXPECTED_ERRORS = (
-    ManifestError, NamingCollision, ComposeError, EngineError, BuildError, KeyFileError, LockfileError,
+    ManifestError, NamingCollision, ComposeError, ComposeFileError, EngineError, BuildError, KeyFileError, LockfileError,
     VerificationError, ArchiveWriteError, ArchiveFormatError, ReferenceError_, KitError,
 )
 
@@ -66,7 +68,13 @@ def main() -> None:
 
 def _plan_options(command: Callable) -> Callable:
     for decorator in reversed([
-        click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path)),
+        click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path), required=False),
+        click.option("--compose", "compose_file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Bundle this compose file without a manifest (as 'init' would write one); instead of MANIFEST."),
+        click.option("--name", help="With --compose: the release name (default: the compose file's folder name)."),
+        click.option("--source", "-s", "source_dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Checkout of the application: holds the compose file the manifest names and every build "
+                          "context (default: the current folder; with --compose, the compose file's folder)."),
         click.option("--registry", "-r", help="Site registry prefix (default: the manifest's naming.registry), e.g. aiharbor.msxf.local/aihpc."),
         click.option("--tag", "-t", help="Release tag given to every site image (default: the manifest's bundle.version)."),
         click.option("--platform", help="Target platform os/arch (default: the engine's own), e.g. linux/amd64."),
@@ -82,16 +90,30 @@ def _plan_options(command: Callable) -> Callable:
 @_plan_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--offline", is_flag=True, help="Do not ask the engine or registry; print names only, write no lockfile.")
+@click.option("--explain", is_flag=True, help="Show what the overlay and the rewrite change per service, and the site settings.")
 @friendly_errors
-def resolve_command(manifest: Path, registry, tag, platform, with_build_bases, lock_path, as_json, offline) -> None:
+def resolve_command(manifest: Optional[Path], compose_file, name, source_dir, registry, tag, platform, with_build_bases,
+                    lock_path, as_json, offline, explain) -> None:
     """Print the plan: one row per image (kind, upstream, site name, digest/ID); write the lockfile.
 
+    The plan comes from the application's compose file (named by the manifest,
+    inside --source): every service's image must be a dependency, a source
+    build (its build: section), an alias or a runtime name, else it is refused.
     Digests come from the registry (through the engine) and image IDs from the
     engine when it already holds an image. The lockfile pins dependency images
     by digest so that a later build pulls exactly the same bytes.
+
+    --explain shows, per service, what the overlay and the rewrite change
+    against the application's compose file, and the site's variables and secrets.
     """
+    spec = open_manifest(manifest, compose_file, source_dir, name=name, tag=tag, registry=registry)
     client = None if offline else connect()
-    plan = resolve(manifest, client=client, registry=registry, tag=tag, platform=platform, with_build_bases=with_build_bases)
+    release = resolve(spec, source_root(spec, compose_file, source_dir), client=client, registry=registry, tag=tag,
+                      platform=platform, with_build_bases=with_build_bases)
+    plan = release.plan
+    if explain:
+        _print_explain(release, as_json)
+        return
     rows = [
         {"kind": e.kind, "upstream": e.upstream, "target": e.target, "digest": e.digest, "image_id": e.image_id}
         for e in plan.entries
@@ -104,16 +126,43 @@ def resolve_command(manifest: Path, registry, tag, platform, with_build_bases, l
         for r in rows:
             known = r["digest"] or (r["image_id"] and f"id {r['image_id']}") or "(not yet known)"
             click.echo(f"{r['kind']:<{widths[0]}}  {r['upstream']:<{widths[1]}}  {r['target']:<{widths[2]}}  {known}")
+    for warning in release.compose.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if not offline:
-        path = lock_path or default_lock_path(manifest)
+        path = lock_path or default_lock_path(manifest or spec.path)
         write_lock(lock_from_plan(plan), path)
         click.echo(f"lockfile written: {path}", err=True)
 
 
+def _print_explain(release: Release, as_json: bool) -> None:
+    compose = release.compose
+    variables = {n: {"default": v.default, **({"template": v.template} if v.template else {}),
+                     **({"required": True} if v.required else {})} for n, v in compose.variables.items()}
+    secrets = {n: {"length": s.length, "alphabet": s.alphabet} for n, s in compose.secrets.items()}
+    if as_json:
+        click.echo(json.dumps({"compose_file": str(release.app.compose_path), "services": compose.changes,
+                               "variables": variables, "secrets": secrets, "shipped_files": compose.files,
+                               "state_dirs": compose.state_dirs, "env_links": compose.env_links,
+                               "warnings": compose.warnings}, indent=2))
+        return
+    click.echo(f"from {release.app.compose_path}" + (f" with overlay {release.manifest.compose_overlay}"
+                                                      if release.manifest.compose_overlay else ""))
+    for service, changes in compose.changes.items():
+        profile = compose.profiles.get(service)
+        click.echo(f"\n{service}" + (f"  (profiles: {', '.join(profile)}; not started by default)" if profile else ""))
+        for change in changes or ["(as written)"]:
+            click.echo(f"  {change}")
+    click.echo(f"\nsite variables ({len(variables)}): " + ", ".join(
+        f"{n}={v['default']!r}" if "template" not in v else f"{n}=<from {v['template']}>" for n, v in variables.items()))
+    click.echo(f"site secrets, generated on the host ({len(secrets)}): " + ", ".join(secrets))
+    if compose.files:
+        click.echo(f"shipped files ({len(compose.files)}): " + ", ".join(compose.files))
+    for warning in compose.warnings:
+        click.echo(f"warning: {warning}")
+
+
 @main.command("build")
 @_plan_options
-@click.option("--source", "-s", "source_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
-              help="Checkout of the application's source (holds src/<service>/Dockerfile).")
 @click.option("--key", "-k", "key_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Ed25519 private key (PEM) that signs the archive; see 'airgap-bundle keygen'.")
 @click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"), show_default=True,
@@ -134,16 +183,24 @@ def resolve_command(manifest: Path, registry, tag, platform, with_build_bases, l
               help="Also write the offline installer kit (airgap-install-kit-VERSION/) beside the archive.")
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @friendly_errors
-def build_command(manifest: Path, registry, tag, platform, with_build_bases, lock_path, source_dir, key_path, output_dir,
+def build_command(manifest: Optional[Path], compose_file, name, source_dir, registry, tag, platform, with_build_bases, lock_path,
+                  key_path, output_dir,
                   no_lock, no_pull, level, since, split_size, cache_dir, no_cache, kit, plain) -> None:
-    """Pull, build, retag, render the compose config and write one signed archive.
+    """Pull, build, retag, derive the compose config and write one signed archive.
+
+    \b
+      airgap-bundle build manifests/aimatrix.yaml --source ~/src/ai-infra-matrix --key keys/release.key
+      airgap-bundle build --compose ~/src/app/compose.yaml --tag v1.2.0 --registry harbor.lab/app --key keys/release.key
 
     Dependency images are pulled (by digest when the lockfile pins them) for
-    --platform; a pulled image of another platform is refused. Source images
-    are built from --source with the manifest's context, dockerfile, target
-    and args. Every image is tagged with its site name, the production compose
-    config is rendered from the template, and the images are streamed from the
-    engine straight into OUTPUT/NAME-TAG.tar.zst, signed with --key.
+    --platform; a pulled image of another platform is refused. Services with a
+    build: section in the application's compose file are built from --source
+    with its context, dockerfile, target and args (the manifest's sources may
+    override them). Every image is tagged with its site name, the production
+    compose config is derived from the application's compose file (images
+    rewritten, build: dropped, ${VAR} kept as site variables, the overlay
+    applied), and the images are streamed from the engine straight into
+    OUTPUT/NAME-TAG.tar.zst, signed with --key.
 
     \b
     Also written unless asked not to: the offline installer kit (--no-kit).
@@ -159,7 +216,8 @@ def build_command(manifest: Path, registry, tag, platform, with_build_bases, loc
             raise click.BadParameter(str(exc), param_hint="--split") from None
     reporter = Reporter(force_plain=plain)
     request = BuildRequest(
-        manifest_path=manifest, source_dir=source_dir, key_path=key_path, output_dir=output_dir, registry=registry,
+        manifest_path=manifest, compose_file=compose_file, name=name, source_dir=source_dir, key_path=key_path,
+        output_dir=output_dir, registry=registry,
         tag=tag, platform=platform, with_build_bases=with_build_bases, lock_path=lock_path, use_lock=not no_lock, level=level,
         since=since, pull=not no_pull, use_cache=not no_cache, cache_dir=cache_dir,
     )
@@ -172,6 +230,52 @@ def build_command(manifest: Path, registry, tag, platform, with_build_bases, loc
     if kit:
         reporter.line(f"offline installer kit: {build_kit(output_dir, reporter=reporter)}")
     click.echo(str(archive))
+
+
+@main.command("init")
+@click.argument("compose_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--output", "-o", "output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the manifest (default: NAME.yaml in the current folder).")
+@click.option("--name", help="Release name (default: the compose file's folder name, as compose names projects).")
+@click.option("--version", "version", default="v0.1.0", show_default=True, help="Release version (the default --tag).")
+@click.option("--registry", "-r", default="", help="Site registry prefix, e.g. aiharbor.msxf.local/aihpc.")
+@click.option("--source", "-s", "source_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Checkout root the compose file lives in (default: the compose file's folder).")
+@click.option("--env-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Env file with the defaults of ${VAR} (default: .env beside the compose file, if any).")
+@click.option("--force", is_flag=True, help="Replace an existing manifest.")
+@friendly_errors
+def init_command(compose_file: Path, output: Optional[Path], name: Optional[str], version: str, registry: str,
+                 source_dir: Optional[Path], env_file: Optional[Path], force: bool) -> None:
+    """Write a starter release manifest for any compose application.
+
+    \b
+      airgap-bundle init ~/src/app/compose.yaml --registry harbor.lab/app --version v1.0.0 -o manifests/app.yaml
+      airgap-bundle resolve manifests/app.yaml --source ~/src/app --explain
+      airgap-bundle build   manifests/app.yaml --source ~/src/app --key keys/release.key
+
+    Dependencies come from the services' image: lines, sources from their
+    build: sections, site variables from ${VAR} references and the env file,
+    secrets from secret-looking names (PASSWORD, TOKEN, SECRET, *_KEY) or
+    placeholder values (CHANGE_ME). Nothing the compose file defines is copied:
+    it is read again at every build. Edit the result to add patterns,
+    descriptions, endpoints or an overlay.
+    """
+    data = starter_manifest(compose_file, source_dir=source_dir, name=name, version=version, registry=registry,
+                            env_file=env_file)
+    path = output or Path(f"{data['bundle']['name']}.yaml")
+    if path.exists() and not force:
+        raise BuildError(f"{path} exists; pass --force to replace it, or -o another path")
+    from .manifest import manifest_from_data
+    manifest_from_data(data, path.resolve())  # what init writes must load
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(manifest_text(data, compose_file))
+    source = (source_dir or Path(compose_file).parent)
+    click.echo(f"wrote {path}: {len(data['dependencies'])} dependencies ({', '.join(data['dependencies']) or 'none'}), "
+               f"{len(data['sources'])} built from source ({', '.join(data['sources']) or 'none'}), "
+               f"{len(data['site']['variables'])} site variables, {len(data['site']['secrets'])} secrets "
+               f"({', '.join(data['site']['secrets']) or 'none'})")
+    click.echo(f"next: airgap-bundle resolve {path} --source {source} --explain")
 
 
 @main.command("keygen")

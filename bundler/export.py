@@ -43,6 +43,7 @@ from installer.engine import chain_ids
 from installer.signing import fingerprint, sign
 
 from .compose import RenderedCompose
+from .manifest import SiteVariable
 from .cache import MemberCache
 from .engine import EngineError, ImageFacts, SavedFile, open_save, saved_files
 from .plan import Plan
@@ -149,7 +150,7 @@ def write_bundle(
     manifest = plan.manifest
     content = choose_content(images, base)
     release_files = [(release_path(COMPOSE_FILE), len(compose.text.encode()))] + [
-        (release_path(f), (manifest.compose_files / f.split("/", 1)[1]).stat().st_size) for f in compose.files
+        (release_path(f), compose.file_sources[f].stat().st_size) for f in compose.files
     ]
 
     def make_header(members: list[MemberRecord]) -> BundleHeader:
@@ -175,8 +176,7 @@ def write_bundle(
             meanwhile()
         writer.add_bytes(release_path(COMPOSE_FILE), compose.text.encode())
         for relative in compose.files:
-            assert manifest.compose_files is not None
-            writer.add_file(release_path(relative), manifest.compose_files / relative.split("/", 1)[1])
+            writer.add_file(release_path(relative), compose.file_sources[relative])
         data = make_header(list(writer.members)).to_bytes()
         return writer.finish(data, sign(private_key, data))
 
@@ -210,17 +210,27 @@ def release_info(plan: Plan, compose: RenderedCompose) -> dict:
         "healthchecked": compose.healthchecked,
         "ports": compose.ports,
         "files": [release_path(f) for f in compose.files],
+        "env_links": compose.env_links,
+        "state_dirs": compose.state_dirs,
+        "profiles": compose.profiles,
         "host_mounts": compose.host_mounts,
-        "variables": {
-            n: {"default": v.default, "pattern": v.pattern, "description": v.description} for n, v in manifest.variables.items()
-        },
-        "secrets": {n: {"length": s.length, "alphabet": s.alphabet} for n, s in manifest.secrets.items()},
+        "variables": {n: _variable_info(v) for n, v in compose.variables.items()},
+        "secrets": {n: {"length": s.length, "alphabet": s.alphabet} for n, s in compose.secrets.items()},
         "endpoints": manifest.endpoints,
         "plan": [
             {"kind": e.kind, "upstream": e.upstream, "target": e.target, "image_id": e.image_id, "digest": e.digest}
             for e in plan.entries
         ],
     }
+
+
+def _variable_info(variable: SiteVariable) -> dict:
+    info: dict = {"default": variable.default or "", "pattern": variable.pattern, "description": variable.description}
+    if variable.template:
+        info["template"] = variable.template
+    if variable.required:
+        info["required"] = True
+    return info
 
 
 class _ImageStreamer:

@@ -47,7 +47,7 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """An image built from the application's source tree."""
+    """An image built from the application's source tree (a compose ``build:``, with the manifest's overrides)."""
 
     service: str
     image: str
@@ -79,12 +79,19 @@ class RuntimeSpec:
 
 @dataclass(frozen=True)
 class SiteVariable:
-    """A site setting with a default; ``pattern`` (a regex) guards the value."""
+    """A site setting; ``pattern`` (a regex) guards the value.
+
+    ``default`` None means "take it from the application's files"; a
+    ``template`` (``postgresql://${POSTGRES_USER}:...``) is filled in on the
+    site from the other values; ``required`` values must be given there.
+    """
 
     name: str
-    default: str
+    default: Optional[str]
     pattern: Optional[str]
     description: str = ""
+    template: Optional[str] = None
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,8 +118,10 @@ class ReleaseManifest:
     sources: list[SourceSpec]
     aliases: list[AliasSpec]
     runtime: list[RuntimeSpec]
-    compose_template: Path
-    compose_files: Optional[Path]
+    compose_file: str
+    compose_env_file: Optional[str] = None
+    compose_overlay: Optional[Path] = None
+    source_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     variables: dict[str, SiteVariable] = field(default_factory=dict)
     secrets: dict[str, SecretSpec] = field(default_factory=dict)
     endpoints: list[dict[str, str]] = field(default_factory=list)
@@ -150,6 +159,11 @@ def load_manifest(path: Path) -> ReleaseManifest:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ManifestError(path, "", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}") from None
     return _Checker(path).manifest(raw)
+
+
+def manifest_from_data(raw: Any, path: Path) -> ReleaseManifest:
+    """Check a manifest made in memory (``build --compose``); ``path`` names it in errors and anchors relative paths."""
+    return _Checker(Path(path)).manifest(raw)
 
 
 class _Checker:
@@ -222,10 +236,10 @@ class _Checker:
         pattern = self.string(naming.get("pattern", DEFAULT_PATTERN), "naming.pattern")
         if "{name}" not in pattern:
             raise self.fail("naming.pattern", "expected a pattern containing {name}, like '{registry}/{name}:{tag}'")
-        compose = self.mapping(raw["compose"], "compose", ("template", "files"), ("template",))
-        template = self.relative_file(compose["template"], "compose.template", must_be_dir=False)
-        files = self.relative_file(compose["files"], "compose.files", must_be_dir=True) if compose.get("files") else None
-        sources = self.sources(raw.get("sources"))
+        compose = self.mapping(raw["compose"], "compose", ("file", "env_file", "overlay"), ("file",))
+        compose_file = self.source_path(compose["file"], "compose.file")
+        env_file = self.source_path(compose["env_file"], "compose.env_file") if compose.get("env_file") else None
+        overlay = self.relative_file(compose["overlay"], "compose.overlay", must_be_dir=False) if compose.get("overlay") else None
         manifest = ReleaseManifest(
             path=self.path,
             name=name,
@@ -235,11 +249,13 @@ class _Checker:
             pattern=pattern,
             dependencies=self.images(raw.get("dependencies"), "dependencies", "dependency"),
             build_bases=self.images(raw.get("build_bases"), "build_bases", "build-base"),
-            sources=sources,
+            sources=[],
             aliases=self.references(raw.get("aliases"), "aliases", AliasSpec),
             runtime=self.references(raw.get("runtime"), "runtime", RuntimeSpec),
-            compose_template=template,
-            compose_files=files,
+            compose_file=compose_file,
+            compose_env_file=env_file,
+            compose_overlay=overlay,
+            source_overrides=self.sources(raw.get("sources")),
         )
         self.site(raw.get("site", {}), manifest)
         manifest.endpoints = self.endpoints(raw.get("endpoints"), manifest)
@@ -285,30 +301,29 @@ class _Checker:
             specs.append(ImageSpec(ref=ref, kind=kind, name=name, target=target, key=where))
         return specs
 
-    def sources(self, value: Any) -> list[SourceSpec]:
+    def sources(self, value: Any) -> dict[str, dict[str, Any]]:
+        """Per-service overrides of what the compose file's ``build:`` says (or a whole build of its own)."""
         if value is None:
-            return []
+            return {}
         value = self.mapping(value, "sources", tuple(value) if isinstance(value, dict) else ())
-        specs = []
+        overrides: dict[str, dict[str, Any]] = {}
         for service, item in value.items():
             where = f"sources.{service}"
             if not isinstance(service, str) or not _SERVICE_NAME.match(service):
                 raise self.fail(where, "expected a lower-case service name")
-            item = self.mapping(item, where, ("context", "dockerfile", "target", "args", "image", "name"), ("context", "dockerfile"))
-            args = self.mapping(item.get("args", {}) or {}, f"{where}.args", tuple(item.get("args", {}) or {}))
-            specs.append(
-                SourceSpec(
-                    service=service,
-                    image=self.string(item.get("image", f"ai-infra-{service}"), f"{where}.image"),
-                    context=self.source_path(item["context"], f"{where}.context"),
-                    dockerfile=self.source_path(item["dockerfile"], f"{where}.dockerfile"),
-                    target=self.string(item["target"], f"{where}.target") if item.get("target") else None,
-                    args={str(k): self.string(v, f"{where}.args.{k}") for k, v in args.items()},
-                    name=self.string(item["name"], f"{where}.name") if "name" in item else None,
-                    key=where,
-                )
-            )
-        return specs
+            item = self.mapping(item or {}, where, ("context", "dockerfile", "target", "args", "image", "name"))
+            override: dict[str, Any] = {}
+            for key in ("context", "dockerfile"):
+                if key in item:
+                    override[key] = self.source_path(item[key], f"{where}.{key}")
+            for key in ("target", "image", "name"):
+                if item.get(key) is not None:
+                    override[key] = self.string(item[key], f"{where}.{key}")
+            if "args" in item:
+                args = self.mapping(item.get("args") or {}, f"{where}.args", tuple(item.get("args") or {}))
+                override["args"] = {str(k): self.string(v, f"{where}.args.{k}") for k, v in args.items()}
+            overrides[service] = override
+        return overrides
 
     def source_path(self, value: Any, key: str) -> str:
         text = self.string(value, key, "a path relative to the source tree")
@@ -332,15 +347,15 @@ class _Checker:
             where = f"site.variables.{name}"
             if not _VAR_NAME.match(str(name)):
                 raise self.fail(where, "expected an upper-case variable name like LDAP_BASE_DN")
-            item = self.mapping(item, where, ("default", "pattern", "description"), ("default",))
-            default = self.string(item["default"], f"{where}.default")
+            item = self.mapping(item or {}, where, ("default", "pattern", "description"))
+            default = self.string(item["default"], f"{where}.default") if item.get("default") is not None else None
             pattern = self.string(item["pattern"], f"{where}.pattern") if "pattern" in item else None
             if pattern is not None:
                 try:
                     compiled = re.compile(pattern)
                 except re.error as exc:
                     raise self.fail(f"{where}.pattern", f"not a valid regular expression ({exc})") from None
-                if not compiled.fullmatch(default):
+                if default is not None and not compiled.fullmatch(default):
                     raise self.fail(f"{where}.default", f"{default!r} does not match its own pattern {pattern!r}")
             manifest.variables[name] = SiteVariable(name, default, pattern, self.string(item.get("description", ""), f"{where}.description"))
         secrets = self.mapping(value.get("secrets") or {}, "site.secrets", tuple(value.get("secrets") or {}))

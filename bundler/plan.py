@@ -79,6 +79,34 @@ class Plan:
                 mapping[f"{entry.local_name}:{self.tag}"] = entry.target
         return mapping
 
+    def site_image(self, reference: str) -> Optional[str]:
+        """The site name for an image reference a compose file uses, or None if the release lacks it.
+
+        Matches the reference as written, normalised (``redis`` = ``docker.io/library/redis:latest``),
+        and, for local names of built images and aliases, by repository whatever the tag.
+        """
+        mapping = self.image_map()
+        if reference in mapping:
+            return mapping[reference]
+        try:
+            ref = parse_ref(reference)
+            canonical = normalise(reference)
+        except ReferenceError_:
+            return None
+        if canonical in mapping:
+            return mapping[canonical]
+        for entry in self.entries:
+            if entry.kind in ("source", "alias") and entry.local_name and entry.local_name == ref.repository:
+                return entry.target
+        return None
+
+    def source_for(self, service: str) -> Optional[PlanEntry]:
+        """The source build of a compose service, if it has one."""
+        for entry in self.of_kind("source"):
+            if entry.service == service:
+                return entry
+        return None
+
 
 def site_name(manifest: ReleaseManifest, *, registry: str, tag: str, name: str) -> str:
     """Apply the manifest's naming pattern: REGISTRY/NAME:TAG by default."""
@@ -133,7 +161,7 @@ def make_plan(
         upstream = f"{spec.dockerfile}" + (f" (target {spec.target})" if spec.target else "")
         plan.entries.append(
             PlanEntry(kind="source", upstream=upstream, service=spec.service, key=spec.key, local_name=spec.image,
-                      target=target_for(spec.name, spec.image, None, spec.key))
+                      target=target_for(spec.name, spec.image.rsplit("/", 1)[-1], None, spec.key))
         )
     for spec in manifest.aliases:
         base = _reused_entry(plan, spec.of, spec.key, manifest)

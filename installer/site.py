@@ -3,7 +3,9 @@
     PREFIX/releases/<version>/   docker-compose.yml, files/, bundle.json (the signed header)
     PREFIX/current -> releases/<version>
     PREFIX/previous -> releases/<older version>   (after an upgrade)
-    PREFIX/site.env              variables and secrets (mode 0600), kept across installs
+    PREFIX/site.env              variables and secrets (mode 0600), kept across installs; every
+                                 env_file: of the compose config links here
+    PREFIX/data/<path>           folders the stack bind-mounts read-write, kept across releases
     PREFIX/history               versions activated, oldest first; rollback pops the last
     PREFIX/last-healthy          the version last seen healthy (where a failed upgrade returns)
 
@@ -22,6 +24,7 @@ from typing import Iterable, Optional
 from .archive import HEADER_NAME, RELEASE_DIR, BundleHeader, FramedArchiveReader
 
 ENV_FILE = "site.env"
+DATA = "data"
 RELEASES = "releases"
 CURRENT = "current"
 PREVIOUS = "previous"
@@ -92,8 +95,14 @@ def resolve_env(header: BundleHeader, existing: dict[str, str], sets: dict[str, 
     if unknown:
         raise SiteError(f"--set {unknown[0]}: not a variable of {header.name} (known: {', '.join(sorted(known))})")
     values: dict[str, str] = {}
+    templates = {}
     for name, spec in variables.items():
+        if spec.get("template") and name not in sets:
+            templates[name] = spec["template"]
+            continue
         values[name] = sets.get(name, existing.get(name, spec.get("default", "")))
+        if spec.get("required") and not values[name]:
+            raise SiteError(f"{name}: {header.name} needs a value for it; give one with --set {name}=VALUE")
         _check_value(name, values[name], spec.get("pattern"))
     generated = []
     for name, spec in secret_specs.items():
@@ -106,9 +115,27 @@ def resolve_env(header: BundleHeader, existing: dict[str, str], sets: dict[str, 
             values[name] = "".join(secret_source.choice(alphabet) for _ in range(int(spec.get("length", 32))))
             generated.append(name)
         _check_value(name, values[name], None)
+    for name, template in templates.items():  # e.g. DATABASE_URL from the user, password and host above
+        values[name] = fill_template(template, values)
+        _check_value(name, values[name], variables[name].get("pattern"))
+    ordered = {name: values[name] for name in list(variables) + list(secret_specs) if name in values}
     for name, value in existing.items():
-        values.setdefault(name, value)
-    return SiteEnv(values=values, generated=generated, changed=values != existing)
+        ordered.setdefault(name, value)
+    return SiteEnv(values=ordered, generated=generated, changed=ordered != existing)
+
+
+_TEMPLATE_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def fill_template(template: str, values: dict[str, str]) -> str:
+    """``postgresql://${POSTGRES_USER}:...`` with the site's values (``${X:-d}`` takes d when X is empty)."""
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1) or match.group(3)
+        value = values.get(name, "")
+        return value if value or match.group(2) is None else match.group(2)
+
+    return _TEMPLATE_REFERENCE.sub(replace, template.replace("$$", "\0")).replace("\0", "$")
 
 
 def _check_value(name: str, value: str, pattern: Optional[str]) -> None:
@@ -161,10 +188,41 @@ def write_release(prefix: Path, archive: Path, header: BundleHeader, header_byte
             if relative.suffix == ".sh":
                 destination.chmod(0o755)
     (staging / HEADER_NAME).write_bytes(header_bytes)
+    _link_site_paths(prefix, staging, header)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
     return target
+
+
+def _link_site_paths(prefix: Path, staging: Path, header: BundleHeader) -> None:
+    """Point the compose config's env files at site.env, and its read-write folders at PREFIX/data.
+
+    A data folder is seeded from the release's copy the first time; after that the
+    site's own content is kept, whatever later releases ship.
+    """
+    root = staging.resolve()
+    links = [(path, (prefix / ENV_FILE).resolve(), False) for path in header.release.get("env_links", [])]
+    links += [(path, (prefix / DATA / path).resolve(), True) for path in header.release.get("state_dirs", [])]
+    for relative, target, is_folder in links:
+        where = (staging / relative).resolve() if not (staging / relative).is_symlink() else staging / relative
+        if root not in where.parents or ".." in Path(relative).parts:
+            raise SiteError(f"release path {relative!r} points outside the release folder")
+        if is_folder:
+            if (prefix / DATA).resolve() not in target.parents:
+                raise SiteError(f"data folder {relative!r} points outside {prefix / DATA}")
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if where.is_dir() and not where.is_symlink():
+                    shutil.copytree(where, target, symlinks=False)
+                else:
+                    target.mkdir()
+            if where.is_dir() and not where.is_symlink():
+                shutil.rmtree(where)
+        if where.is_symlink() or where.exists():
+            where.unlink()
+        where.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, where)
 
 
 def active_release(prefix: Path) -> Optional[Path]:
