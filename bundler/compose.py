@@ -23,7 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Optional
 
 from .application import Application
-from .composefile import ComposeFileError, ComposeLoader, EnvEntry, InterpolationError, dump_yaml, references, strings_in
+from .composefile import (ComposeFileError, ComposeLoader, EnvEntry, InterpolationError, dump_yaml, read_env_file,
+                          references, strings_in)
 from .manifest import SecretSpec, SiteVariable
 from .plan import Plan
 
@@ -77,6 +78,7 @@ class _Deriver:
         self.plan, self.app = plan, app
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self.env: dict[str, EnvEntry] = dict(app.env)
         self.result = RenderedCompose(text="", services=[], oneshot=[], healthchecked=[], ports=[], files=[], host_mounts=[])
 
     def derive(self) -> RenderedCompose:
@@ -156,7 +158,24 @@ class _Deriver:
                 continue
             if relative not in self.result.env_links:
                 self.result.env_links.append(relative)
+                self._read_env_file(name, relative)
             changes.append(f"env_file {path}: the site's settings file (variables and secrets written on the host)")
+
+    def _read_env_file(self, service: str, relative: str) -> None:
+        """An env file of the application's own (not the site's copy of the declared one) adds site variables."""
+        path = self.app.project_dir / relative
+        declared = self.app.env_path
+        if declared is not None and (path.resolve() == declared.resolve() or _is_instance_of(path, declared)):
+            return  # e.g. .env.prod made from .env.prod.example: the site writes it; a local copy may hold real secrets
+        if not path.is_file():
+            return
+        try:
+            entries = read_env_file(path)
+        except ComposeFileError as exc:
+            self.problems.append(f"{self.app.where(service, 'env_file')}: {exc}")
+            return
+        for name, entry in entries.items():
+            self.env.setdefault(name, entry)
 
     def _volumes(self, name: str, service: dict[str, Any], changes: list[str]) -> None:
         for source, read_only in _bind_sources(service.get("volumes") or []):
@@ -258,10 +277,10 @@ class _Deriver:
             except InterpolationError as exc:
                 self.problems.append(f"{app.compose_path}: {exc}")
         self.result.variables_used = sorted(found)
-        names = list(app.env) + [n for n in found if n not in app.env]
+        names = list(self.env) + [n for n in found if n not in self.env]
         names += [n for n in list(manifest.variables) + list(manifest.secrets) if n not in names]
         for name in names:
-            entry = app.env.get(name)
+            entry = self.env.get(name)
             refs = found.get(name, [])
             if name in manifest.secrets:
                 self.result.secrets[name] = manifest.secrets[name]
@@ -274,6 +293,12 @@ class _Deriver:
                 if reference.name not in self.result.variables:
                     self.problems.append(f"{manifest.path}: endpoints: ${{{reference.name}}} in {endpoint['url']} is not a "
                                          "site variable (secrets never appear in URLs)")
+
+
+def _is_instance_of(path: Path, template: Path) -> bool:
+    """``.env.prod`` is the site's instance of ``.env.prod.example`` (or .sample, .template, .dist)."""
+    return path.parent.resolve() == template.parent.resolve() and any(
+        template.name == path.name + suffix for suffix in (".example", ".sample", ".template", ".dist", "-example"))
 
 
 def _secret_like(name: str, entry: Optional[EnvEntry]) -> bool:
