@@ -171,18 +171,18 @@ def _spec(manifest: ReleaseManifest, app: Application, service: str, build: Any,
             args[str(name)] = filled(value, f"args.{name}")
     args.update(override.get("args", {}))
     target = override.get("target") or (filled(build["target"], "target") if build.get("target") else None)
-    image = override.get("image") or _image_repository(app, service)
+    image = override.get("image") or _image_repository(app, service, manifest.project)
     return SourceSpec(service=service, image=image, context=context.relative_to(app.source_dir).as_posix() or ".",
                       dockerfile=dockerfile.relative_to(app.source_dir).as_posix(), target=target, args=args,
                       name=override.get("name"), key=key if service in manifest.source_overrides else app.where(service))
 
 
-def _image_repository(app: Application, service: str) -> str:
-    """The local name compose gives a built image: its ``image:`` without tag, else PROJECT-SERVICE style."""
+def _image_repository(app: Application, service: str, project: str) -> str:
+    """The local name compose gives a built image: its ``image:`` without tag, else PROJECT-SERVICE."""
     image = app.image_of(service) if service in app.services else None
     if image:
         try:
             return parse_ref(image).repository
         except ReferenceError_ as exc:
             raise ComposeFileError(f"{app.where(service, 'image')}: {exc}") from None
-    return service
+    return f"{project}-{service}"
