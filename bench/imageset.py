@@ -175,7 +175,7 @@ def _docker_archive(images, layers: dict[str, LayerSpec], digests: dict[str, str
 
 
 def write_manifest(folder: Path, refs: list[str], version: str) -> Path:
-    """A release manifest and compose template for the bench stack (one service per image)."""
+    """A release manifest and the compose file of the bench stack (one service per image); --source is ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bench").mkdir(exist_ok=True)
     services = "".join(
@@ -184,7 +184,7 @@ def write_manifest(folder: Path, refs: list[str], version: str) -> Path:
         f"      interval: 1s\n      retries: 60\n"
         for i, ref in enumerate(refs)
     )
-    (folder / "bench" / "compose.yml.j2").write_text("services:\n" + services)
+    (folder / "bench" / "compose.yml").write_text("services:\n" + services)
     deps = "".join(f"  - ref: {ref}\n    name: app{i}\n" for i, ref in enumerate(refs))
     path = folder / "bench.yaml"
     path.write_text(
@@ -192,7 +192,7 @@ def write_manifest(folder: Path, refs: list[str], version: str) -> Path:
         f"bundle: {{name: bench, version: {version}, project: bench}}\n"
         "naming: {registry: site.local/bench}\n"
         f"dependencies:\n{deps}"
-        "compose: {template: bench/compose.yml.j2}\n"
+        "compose: {file: bench/compose.yml}\n"
     )
     return path
 

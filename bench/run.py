@@ -149,7 +149,7 @@ def main() -> None:
         expert.append(shell(f"{DOCKER} save {all_refs} | zstd -T0 -3 -q -f -o {zst}", build_env))
         subprocess.run(["rm", "-rf", str(cache), str(out1)], check=True)
         settle()
-        cold.append(run_measured(bundle + [str(manifest_v1), "-o", str(out1), "--lock", str(work / "v1.lock.json")],
+        cold.append(run_measured(bundle + [str(manifest_v1), "--source", str(manifest_v1.parent), "-o", str(out1), "--lock", str(work / "v1.lock.json")],
                                  dict(build_env, AIRGAP_BUNDLE_CACHE=str(cache))))
     figures["save_devnull_s"] = median(floor, "save_devnull_s")
     figures["export_zstd_s"] = median(expert, "export_zstd_s")
@@ -166,13 +166,13 @@ def main() -> None:
     for _ in range(args.repeat):
         subprocess.run(["rm", "-rf", str(out2)], check=True)
         settle()
-        warm.append(run_measured(bundle + [str(manifest_v2), "-o", str(out2), "--lock", str(work / "v2.lock.json")],
+        warm.append(run_measured(bundle + [str(manifest_v2), "--source", str(manifest_v2.parent), "-o", str(out2), "--lock", str(work / "v2.lock.json")],
                                  dict(build_env, AIRGAP_BUNDLE_CACHE=str(cache))))
     figures["bundle_next_s"] = median([m.seconds for m in warm], "bundle_next_s")
     archive_v2 = out2 / "bench-v2.tar.zst"
     figures["bundle_next_bytes"] = archive_v2.stat().st_size
     out_delta = work / "delta"
-    delta = run_measured(bundle + [str(manifest_v2), "-o", str(out_delta), "--lock", str(work / "d.lock.json"),
+    delta = run_measured(bundle + [str(manifest_v2), "--source", str(manifest_v2.parent), "-o", str(out_delta), "--lock", str(work / "d.lock.json"),
                                    "--since", str(archive_v1)], dict(build_env, AIRGAP_BUNDLE_CACHE=str(cache)))
     archive_delta = out_delta / "bench-v2.tar.zst"
     figures["bundle_delta_s"] = delta.seconds
