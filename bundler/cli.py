@@ -142,7 +142,7 @@ def _print_explain(release: Release, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"compose_file": str(release.app.compose_path), "services": compose.changes,
                                "variables": variables, "secrets": secrets, "shipped_files": compose.files,
-                               "state_dirs": compose.state_dirs, "env_links": compose.env_links,
+                               "state_dirs": compose.state_dirs, "env_files": compose.env_files,
                                "warnings": compose.warnings}, indent=2))
         return
     click.echo(f"from {release.app.compose_path}" + (f" with overlay {release.manifest.compose_overlay}"

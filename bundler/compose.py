@@ -45,9 +45,10 @@ class RenderedCompose:
     """The production compose config and what the installer needs to know about it.
 
     ``files`` are shipped (release-relative POSIX paths, their sources in
-    ``file_sources``); ``env_links`` are ``env_file:`` paths the installer points
-    at the site's settings file; ``state_dirs`` are bind-mounted folders kept
-    outside the release (seeded from the shipped copy on first install).
+    ``file_sources``); ``env_files`` maps each ``env_file:`` path to the
+    variables the installer writes into it, with the site's values (the keys
+    of the application's own file there); ``state_dirs`` are bind-mounted
+    folders kept outside the release (seeded from the shipped copy on first install).
     """
 
     text: str
@@ -59,7 +60,7 @@ class RenderedCompose:
     host_mounts: list[str]
     variables_used: list[str] = field(default_factory=list)
     file_sources: dict[str, Path] = field(default_factory=dict)
-    env_links: list[str] = field(default_factory=list)
+    env_files: dict[str, list[str]] = field(default_factory=dict)
     state_dirs: list[str] = field(default_factory=list)
     variables: dict[str, SiteVariable] = field(default_factory=dict)
     secrets: dict[str, SecretSpec] = field(default_factory=dict)
@@ -83,7 +84,7 @@ class _Deriver:
 
     def derive(self) -> RenderedCompose:
         app, result = self.app, self.result
-        document = {key: value for key, value in app.document.items() if not str(key).startswith("x-")}
+        document = app.document  # x-* extension blocks stay as written: compose ignores them, and so does the site
         services = document.get("services") or {}
         self._overlay_changes()
         for name, service in services.items():
@@ -156,26 +157,36 @@ class _Deriver:
             relative = self._relative(name, "env_file", str(path))
             if relative is None:
                 continue
-            if relative not in self.result.env_links:
-                self.result.env_links.append(relative)
-                self._read_env_file(name, relative)
-            changes.append(f"env_file {path}: the site's settings file (variables and secrets written on the host)")
+            if relative not in self.result.env_files:
+                keys = self._env_file_keys(name, relative)
+                if keys is None:
+                    continue
+                self.result.env_files[relative] = keys
+            changes.append(f"env_file {path}: written on the site with its {len(self.result.env_files[relative])} "
+                           "variables' site values (secrets generated there)")
 
-    def _read_env_file(self, service: str, relative: str) -> None:
-        """An env file of the application's own (not the site's copy of the declared one) adds site variables."""
+    def _env_file_keys(self, service: str, relative: str) -> Optional[list[str]]:
+        """The variables an env_file holds: the declared env file's for its site copy, else the file's own."""
         path = self.app.project_dir / relative
         declared = self.app.env_path
         if declared is not None and (path.resolve() == declared.resolve() or _is_instance_of(path, declared)):
-            return  # e.g. .env.prod made from .env.prod.example: the site writes it; a local copy may hold real secrets
+            return list(self.app.env)  # e.g. .env.prod made from .env.prod.example; a local copy may hold real secrets
         if not path.is_file():
-            return
+            if declared is None:
+                self.problems.append(f"{self.app.where(service, 'env_file')}: {relative} does not exist in --source and the "
+                                     "manifest names no compose.env_file to make it from")
+                return None
+            self.warnings.append(f"{self.app.where(service, 'env_file')}: {relative} is not in --source; the site writes it "
+                                 f"with the variables of {declared.name}")
+            return list(self.app.env)
         try:
             entries = read_env_file(path)
         except ComposeFileError as exc:
             self.problems.append(f"{self.app.where(service, 'env_file')}: {exc}")
-            return
+            return None
         for name, entry in entries.items():
             self.env.setdefault(name, entry)
+        return list(entries)
 
     def _volumes(self, name: str, service: dict[str, Any], changes: list[str]) -> None:
         for source, read_only in _bind_sources(service.get("volumes") or []):

@@ -210,7 +210,7 @@ def release_info(plan: Plan, compose: RenderedCompose) -> dict:
         "healthchecked": compose.healthchecked,
         "ports": compose.ports,
         "files": [release_path(f) for f in compose.files],
-        "env_links": compose.env_links,
+        "env_files": compose.env_files,
         "state_dirs": compose.state_dirs,
         "profiles": compose.profiles,
         "host_mounts": compose.host_mounts,

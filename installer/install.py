@@ -39,6 +39,7 @@ from .site import (
     rollback_target,
     step_back,
     write_env,
+    write_env_files,
     write_release,
 )
 from .versions import compare
@@ -352,6 +353,7 @@ def bring_up(client: docker.DockerClient, project: ComposeProject, header: Bundl
     """compose up (no pulls), then wait until every service is ready; InstallError naming what is not."""
     services = header.release.get("services", [])
     oneshot = header.release.get("oneshot", [])
+    write_env_files(project.directory, header.release.get("env_files", {}), read_env(project.env_file))
     say(f"up: {project.name} with {project.cli.describe()} ({len(services)} services)")
     up_error: Optional[str] = None
     try:

@@ -3,8 +3,8 @@
     PREFIX/releases/<version>/   docker-compose.yml, files/, bundle.json (the signed header)
     PREFIX/current -> releases/<version>
     PREFIX/previous -> releases/<older version>   (after an upgrade)
-    PREFIX/site.env              variables and secrets (mode 0600), kept across installs; every
-                                 env_file: of the compose config links here
+    PREFIX/site.env              variables and secrets (mode 0600), kept across installs; each
+                                 env_file: of the compose config is written from it (0600)
     PREFIX/data/<path>           folders the stack bind-mounts read-write, kept across releases
     PREFIX/history               versions activated, oldest first; rollback pops the last
     PREFIX/last-healthy          the version last seen healthy (where a failed upgrade returns)
@@ -195,34 +195,46 @@ def write_release(prefix: Path, archive: Path, header: BundleHeader, header_byte
     return target
 
 
+def _inside(folder: Path, relative: str) -> Path:
+    """``folder/relative``, refused if it would leave ``folder``."""
+    where = folder / relative
+    if Path(relative).is_absolute() or ".." in Path(relative).parts or folder.resolve() not in where.parent.resolve().parents \
+            and where.parent.resolve() != folder.resolve():
+        raise SiteError(f"release path {relative!r} points outside {folder}")
+    return where
+
+
 def _link_site_paths(prefix: Path, staging: Path, header: BundleHeader) -> None:
-    """Point the compose config's env files at site.env, and its read-write folders at PREFIX/data.
+    """Point the compose config's read-write folders at PREFIX/data, where they outlive releases.
 
     A data folder is seeded from the release's copy the first time; after that the
     site's own content is kept, whatever later releases ship.
     """
-    root = staging.resolve()
-    links = [(path, (prefix / ENV_FILE).resolve(), False) for path in header.release.get("env_links", [])]
-    links += [(path, (prefix / DATA / path).resolve(), True) for path in header.release.get("state_dirs", [])]
-    for relative, target, is_folder in links:
-        where = (staging / relative).resolve() if not (staging / relative).is_symlink() else staging / relative
-        if root not in where.parents or ".." in Path(relative).parts:
-            raise SiteError(f"release path {relative!r} points outside the release folder")
-        if is_folder:
-            if (prefix / DATA).resolve() not in target.parents:
-                raise SiteError(f"data folder {relative!r} points outside {prefix / DATA}")
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if where.is_dir() and not where.is_symlink():
-                    shutil.copytree(where, target, symlinks=False)
-                else:
-                    target.mkdir()
+    for relative in header.release.get("state_dirs", []):
+        where = _inside(staging, relative)
+        target = _inside(prefix / DATA, relative)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
             if where.is_dir() and not where.is_symlink():
-                shutil.rmtree(where)
-        if where.is_symlink() or where.exists():
+                shutil.copytree(where, target, symlinks=False)
+            else:
+                target.mkdir()
+        if where.is_dir() and not where.is_symlink():
+            shutil.rmtree(where)
+        elif where.is_symlink() or where.exists():
             where.unlink()
         where.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(target, where)
+        os.symlink(target.resolve(), where)
+
+
+def write_env_files(release: Path, env_files: dict[str, list[str]], values: dict[str, str]) -> None:
+    """Write each ``env_file:`` of the compose config with the site's values of its variables (mode 0600)."""
+    for relative, keys in env_files.items():
+        where = _inside(release, relative)
+        where.parent.mkdir(parents=True, exist_ok=True)
+        if where.is_symlink():
+            where.unlink()
+        _atomic_write(where, "".join(f"{key}={values.get(key, '')}\n" for key in keys).encode(), mode=0o600)
 
 
 def active_release(prefix: Path) -> Optional[Path]:

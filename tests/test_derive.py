@@ -116,7 +116,7 @@ def test_only_images_build_and_pulls_change(tmp_path: Path) -> None:
         assert after == before, name  # every other key exactly as the application wrote it (merges resolved)
     assert services["db"]["restart"] == "unless-stopped" and services["db"]["env_file"] == [".env.site"]
     assert derived["volumes"] == {"dbdata": {"name": "shop-db"}}
-    assert "x-defaults" not in derived
+    assert derived["x-defaults"] == original["x-defaults"]  # extension blocks stay as written
 
 
 def test_site_settings_come_from_the_env_file_and_compose_defaults(tmp_path: Path) -> None:
@@ -141,7 +141,8 @@ def test_files_are_shipped_and_writable_folders_kept_on_the_site(tmp_path: Path)
     compose = derive(tmp_path, make_app(tmp_path)).compose
     assert compose.files == ["conf/api.ini", "uploads/.keep"]
     assert compose.state_dirs == ["uploads"]
-    assert compose.env_links == [".env.site"]
+    assert compose.env_files == {".env.site": ["APP_VERSION", "DB_USER", "DB_PASSWORD", "API_TOKEN", "DATABASE_URL", "LOG_LEVEL",
+                                              "EMPTY_TOKEN"]}  # not in the tree: the site writes it from .env
     assert compose.services == ["db", "migrate", "api"] and compose.profiles == {"debug": ["debug"]}
     assert compose.oneshot == ["migrate"] and compose.healthchecked == ["db"]
     assert compose.ports == [{"service": "api", "spec": "${API_PORT:-8000}:8000"}]
