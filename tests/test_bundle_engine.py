@@ -199,7 +199,8 @@ def test_rebuild_from_the_lockfile_pulls_the_same_images(built, keys, harness, t
 
 
 def test_resolve_prints_digests_once_known(built, harness, tmp_path) -> None:
-    result = bundle("resolve", str(MANIFEST), "--registry", REGISTRY, "--tag", TAG, "--json", "--lock", str(tmp_path / "l.json"),
+    result = bundle("resolve", str(MANIFEST), "--source", str(SOURCE_DIR), "--registry", REGISTRY, "--tag", TAG, "--json",
+                    "--lock", str(tmp_path / "l.json"),
                     docker_host=harness.build_docker_host)
     rows = json.loads(result.stdout)["images"]
     dependencies = [r for r in rows if r["kind"] == "dependency"]
@@ -237,7 +238,7 @@ def test_naming_collision_stops_the_build_naming_both(keys, harness, tmp_path) -
 
 
 def test_malformed_manifest_stops_the_build_with_a_clear_error(keys, harness, tmp_path) -> None:
-    path = _manifest_copy(tmp_path, lambda raw: raw["sources"]["backend"].__setitem__("target", ["not", "a", "string"]))
+    path = _manifest_copy(tmp_path, lambda raw: raw.__setitem__("sources", {"backend": {"target": ["not", "a", "string"]}}))
     result = bundle("build", str(path), "--source", str(SOURCE_DIR), "--key", str(keys["private"]), "-o", str(tmp_path / "out"),
                     docker_host=harness.build_docker_host, check=False)
     assert result.returncode == 1

@@ -218,7 +218,7 @@ def test_preflight_catches_a_busy_port_and_too_little_disk(harness, release, tmp
     try:
         time.sleep(0.5)
         result = airgap_install(harness, "preflight", str(release["archive"]), "--prefix", str(small / "site"),
-                                "--set", "HTTP_PORT=18080", check=False)
+                                "--set", "NGINX_PORT=18080", check=False)
     finally:
         listener.kill()
         subprocess.run(["umount", str(small)], check=False)
@@ -230,8 +230,8 @@ def test_preflight_catches_a_busy_port_and_too_little_disk(harness, release, tmp
 
 def test_bad_site_value_is_refused_with_its_name(harness, release, tmp_path) -> None:
     result = airgap_install(harness, "preflight", str(release["archive"]), "--prefix", str(tmp_path / "s"),
-                            "--set", "HTTP_PORT=eighty", check=False)
-    assert result.returncode == 1 and "HTTP_PORT: 'eighty' does not match" in result.stderr
+                            "--set", "NGINX_PORT=eighty", check=False)
+    assert result.returncode == 1 and "NGINX_PORT: 'eighty' does not match" in result.stderr
     unknown = airgap_install(harness, "preflight", str(release["archive"]), "--prefix", str(tmp_path / "s"),
                              "--set", "NOPE=1", check=False)
     assert unknown.returncode == 1 and "--set NOPE: not a variable of aimatrix" in unknown.stderr

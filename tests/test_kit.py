@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = default_cache_dir()
 VERSION = installer.__version__
 # Modules of the runtime dependencies, imported from the installed prefix in the namespace.
-DEPENDENCY_MODULES = ("docker", "yaml", "jinja2", "markupsafe", "zstandard", "cryptography", "cffi", "click", "rich",
+DEPENDENCY_MODULES = ("docker", "yaml", "zstandard", "cryptography", "cffi", "click", "rich",
                       "requests", "urllib3", "idna", "certifi", "charset_normalizer")
 
 
