@@ -17,7 +17,7 @@ class SourceService:
 
     ``context`` is relative to SOURCE_DIR, ``dockerfile`` relative to ``context``.
     ``ports``/``health``: where the running container answers ``ok`` over HTTP.
-    ``output``: what a container without a server prints (``init done``, ...).
+    ``output``: what the container prints (``Initialization completed successfully!``, ...).
     """
 
     name: str
@@ -30,18 +30,32 @@ class SourceService:
     build_args: dict[str, str] = field(default_factory=dict)
 
 
+# The services of docker-compose.yml.example that have a `build:` section, with its
+# context, dockerfile, target and args. Run alone (no postgres), the database clients
+# backend, backend-init and jupyterhub would wait and fail: the stand-in build arg
+# STANDIN_NO_DATABASE=1 (never set by compose) lets them start without one.
+_VERSION = {"VERSION": "v0.0.0-test"}
+_NO_DATABASE = {"STANDIN_NO_DATABASE": "1"}
+
 SOURCE_SERVICES: tuple[SourceService, ...] = (
-    SourceService("backend", "src/backend", target="backend", ports=(8082,),
-                  health="/api/health", build_args={"VERSION": "v0.0.0-test"}),
     SourceService("backend-init", "src/backend", target="backend-init",
-                  output="init done", build_args={"VERSION": "v0.0.0-test"}),
-    SourceService("frontend", "src/frontend", ports=(80,)),
-    SourceService("jupyterhub", "src/jupyterhub", ports=(8000,), health="/hub/health"),
-    SourceService("saltstack", "src/saltstack", ports=(8000, 4505, 4506)),
-    SourceService("gitea", "src/gitea", ports=(3000,)),
-    SourceService("singleuser", "src/singleuser", output="singleuser"),
+                  output="Initialization completed successfully!",
+                  build_args={**_VERSION, **_NO_DATABASE}),
+    SourceService("backend", "src/backend", target="backend", ports=(8082,),
+                  health="/api/health", build_args={**_VERSION, **_NO_DATABASE}),
+    SourceService("frontend", "src/frontend", ports=(80,),
+                  build_args={"REACT_APP_API_URL": "/api", "REACT_APP_JUPYTERHUB_URL": "/jupyter",
+                              **_VERSION}),
+    SourceService("jupyterhub", "src/jupyterhub", ports=(8000,), health="/hub/health",
+                  build_args={"BUILDKIT_INLINE_CACHE": "1", **_VERSION, **_NO_DATABASE}),
+    # Built only (compose runs it as `command: ["true"]`); by default it serves the notebook port.
+    SourceService("singleuser-builder", "src/singleuser", ports=(8888,),
+                  output="ai-infra-singleuser", build_args=dict(_VERSION)),
+    SourceService("saltstack", "src/saltstack", ports=(4505, 4506, 8000), build_args=dict(_VERSION)),
     # nginx builds with the repository root as context, like the upstream compose file.
-    SourceService("nginx", ".", dockerfile="src/nginx/Dockerfile", ports=(80,)),
+    SourceService("nginx", ".", dockerfile="src/nginx/Dockerfile", ports=(80,),
+                  build_args={"DEBUG_MODE": "false", "BUILD_ENV": "production", **_VERSION}),
+    SourceService("gitea", "src/gitea", ports=(3000,)),
 )
 
 

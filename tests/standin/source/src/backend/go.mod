@@ -1,3 +1,3 @@
-module github.com/example/ai-infra-matrix/backend
+module ai-infra-matrix
 
 go 1.25

@@ -1,0 +1,2 @@
+ai_infra:
+  backend_url: http://backend:8082

@@ -1,0 +1,3 @@
+base:
+  '*':
+    - ai-infra-config

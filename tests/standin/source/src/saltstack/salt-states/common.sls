@@ -1,0 +1,4 @@
+common-packages:
+  pkg.installed:
+    - pkgs:
+      - curl
