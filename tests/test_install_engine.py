@@ -91,18 +91,23 @@ def installed(harness, release, tmp_path_factory) -> dict:
 
 
 def test_fresh_install_is_healthy_and_answers_inside_the_namespace(harness, installed, target_engine) -> None:
-    assert "healthy: 14 service(s) up, 1 one-shot(s) done" in installed["stderr"]
+    assert "healthy: 14 service(s) up, 2 one-shot(s) done" in installed["stderr"]
     default_route = in_namespace(harness, "ip", "-4", "route", "show", "default").stdout
     assert default_route.strip() == "", "the namespace must have no route out"
     assert "airgap-install, version" in in_namespace(harness, str(installed["tool"]), "--version").stdout
     assert "main entry: http://localhost:8080" in installed["stdout"]
     containers = {c.labels["com.docker.compose.service"]: c for c in target_engine.containers.list(all=True,
                   filters={"label": f"com.docker.compose.project={PROJECT}"})}
-    assert len(containers) == 15
-    init = containers["backend-init"].attrs["State"]
-    assert init["Status"] == "exited" and init["ExitCode"] == 0
+    assert len(containers) == 16  # the application's 15 services and the overlay's gitea-debug
+    for oneshot in ("backend-init", "singleuser-builder"):
+        state = containers[oneshot].attrs["State"]
+        assert state["Status"] == "exited" and state["ExitCode"] == 0, oneshot
+    # backend started only after backend-init had migrated the database (it refuses an uninitialised schema)
+    init_finished = containers["backend-init"].attrs["State"]["FinishedAt"]
+    assert containers["backend"].attrs["State"]["StartedAt"] > init_finished
+    assert "database schema is not initialised" not in containers["backend"].logs().decode()
     for name, container in containers.items():
-        if name == "backend-init":
+        if name in ("backend-init", "singleuser-builder"):
             continue
         state = container.attrs["State"]
         assert state["Status"] == "running", name
@@ -119,23 +124,33 @@ def test_site_config_layout_and_modes(installed) -> None:
     prefix = installed["prefix"]
     assert os.readlink(prefix / "current") == "releases/v0.3.5"
     assert (prefix / "releases" / TAG / "docker-compose.yml").is_file()
-    assert (prefix / "releases" / TAG / "files" / "nginx" / "site.conf").is_file()
+    release = prefix / "releases" / TAG
+    assert (release / "src" / "jupyterhub" / "jupyterhub_config.py").is_file()  # bind-mounted file, shipped
     assert oct((prefix / "site.env").stat().st_mode & 0o777) == "0o600"
     env = dict(line.split("=", 1) for line in (prefix / "site.env").read_text().splitlines() if "=" in line and not line.startswith("#"))
-    assert env["LDAP_BASE_DN"] == "dc=ai-infra,dc=com"
-    assert len(env["POSTGRES_PASSWORD"]) == 32 and len(env["JUPYTERHUB_CRYPT_KEY"]) == 64
+    assert env["LDAP_BASE_DN"] == "dc=example,dc=org"  # the application's own default, from .env.prod.example
+    assert len(env["POSTGRES_PASSWORD"]) == 24 and len(env["JUPYTERHUB_CRYPT_KEY"]) == 64
+    assert env["DATABASE_URL"] == (f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@{env['POSTGRES_HOST']}:"
+                                   f"{env['POSTGRES_PORT']}/{env['POSTGRES_DB']}")  # filled in on the site
+    # the services' env_file, written on the site with the variables of .env.prod.example and no other
+    prod = dict(line.split("=", 1) for line in (release / ".env.prod").read_text().splitlines())
+    assert oct((release / ".env.prod").stat().st_mode & 0o777) == "0o600"
+    assert prod["POSTGRES_PASSWORD"] == env["POSTGRES_PASSWORD"] and "GITEA_HOST_PORT" not in prod
+    # folders the stack writes to live outside the release, so an upgrade keeps them
+    assert os.readlink(release / "src" / "backend" / "outputs") == str(prefix / "data" / "src" / "backend" / "outputs")
+    assert (prefix / "data" / "shared" / "sso" / "ai-infra-sso.js").is_file()
 
 
 def test_every_name_the_stack_uses_exists(installed, target_engine) -> None:
     tags = {tag for image in target_engine.images.list() for tag in image.tags}
     assert "ai-infra-singleuser:v0.3.5" in tags
-    assert f"{REGISTRY}/ai-infra-k8s-proxy:{TAG}" in tags and f"{REGISTRY}/tcp-proxy:{TAG}" in tags
+    assert f"{REGISTRY}/ai-infra-gitea-debug:{TAG}" in tags and f"{REGISTRY}/tcp-proxy:{TAG}" in tags
 
 
 def test_status_json_and_logs(harness, installed) -> None:
     status = airgap_install(harness, "status", "--prefix", str(installed["prefix"]), "--json")
     data = json.loads(status.stdout)
-    assert data["healthy"] is True and data["version"] == TAG and len(data["services"]) == 15
+    assert data["healthy"] is True and data["version"] == TAG and len(data["services"]) == 16
     logs = airgap_install(harness, "logs", "backend-init", "--prefix", str(installed["prefix"]), "--tail", "5")
     assert "init done" in logs.stdout
     unknown = airgap_install(harness, "logs", "no-such-service", "--prefix", str(installed["prefix"]), check=False)
@@ -167,7 +182,7 @@ def test_restart_does_not_pull(harness, installed, target_engine) -> None:
 def test_down_keeps_data_volumes_and_restart_brings_the_stack_back(harness, installed, target_engine) -> None:
     airgap_install(harness, "down", "--prefix", str(installed["prefix"]))
     assert not target_engine.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"})
-    assert f"{PROJECT}-postgres-data" in {v.name for v in target_engine.volumes.list()}
+    assert "ai-infra-postgres-data" in {v.name for v in target_engine.volumes.list()}
     down_status = airgap_install(harness, "status", "--prefix", str(installed["prefix"]), check=False)
     assert down_status.returncode == 1 and "NOT healthy" in down_status.stdout
     airgap_install(harness, "restart", "--prefix", str(installed["prefix"]))
