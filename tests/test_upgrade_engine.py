@@ -98,6 +98,18 @@ def rows(target_engine) -> str:
     return output.decode() if exit_code == 0 else ""
 
 
+def write_output(target_engine, text: str) -> None:
+    """A file the backend writes into its bind-mounted output folder (./src/backend/outputs)."""
+    container = target_engine.containers.list(filters={"label": ["com.docker.compose.service=backend"]})[0]
+    exit_code, output = container.exec_run(["sh", "-c", f"echo {text} > /app/outputs/{text}.txt"])
+    assert exit_code == 0, output
+
+
+def outputs(target_engine) -> str:
+    container = target_engine.containers.list(filters={"label": ["com.docker.compose.service=backend"]})[0]
+    return container.exec_run(["ls", "/app/outputs"]).output.decode()
+
+
 def layer_members(archive: Path) -> dict[str, bytes]:
     with FramedArchiveReader(archive) as reader:
         return {m.name: m.read_all() for m in reader.members() if m.name.endswith("/layer.tar")}
@@ -123,6 +135,7 @@ def test_upgrade_with_the_delta_loads_only_those_layers_keeps_data_and_rolls_bac
     prefix = tmp_path / "site"
     install(harness, releases["v0.3.5"], prefix, releases["pubkey"])
     write_row(target_engine, "row-written-on-v0.3.5")
+    write_output(target_engine, "report-of-v0.3.5")
     before = {i.id for i in target_engine.images.list(all=True)}
     upgraded = install(harness, releases["delta"], prefix, releases["pubkey"], command="upgrade")
     delta_layers = len(layer_members(releases["delta"]))
@@ -133,6 +146,7 @@ def test_upgrade_with_the_delta_loads_only_those_layers_keeps_data_and_rolls_bac
     state = status(harness, prefix)
     assert state["healthy"] and state["version"] == "v0.3.6"
     assert "row-written-on-v0.3.5" in rows(target_engine)
+    assert "report-of-v0.3.5" in outputs(target_engine)  # the bind-mounted output folder outlives the release
     write_row(target_engine, "row-written-on-v0.3.6")
 
     refused = install(harness, releases["v0.3.5"], prefix, releases["pubkey"], check=False)
