@@ -16,6 +16,8 @@ import pytest
 import yaml
 import zstandard
 
+from tests.test_install_engine import airgap_install, in_namespace
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "tests" / "apps" / "ledger"
 NAME = "ledger"                     # init and --compose take the compose file's folder name
@@ -35,19 +37,6 @@ def read_env(path: Path) -> dict[str, str]:
 
 
 DEV_ENV = read_env(APP / ".env")    # the development values compose would interpolate
-
-
-def in_namespace(harness, *argv: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a command inside the air-gapped namespace, talking to the target engine."""
-    command = ["nsenter", f"--net=/var/run/netns/{harness.netns}", "env", f"DOCKER_HOST={harness.target_docker_host}", *argv]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def airgap_install(harness, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return in_namespace(harness, sys.executable, "-m", "installer.cli", *args, check=check)
 
 
 def airgap_bundle(*args: str, docker_host: str | None = None) -> subprocess.CompletedProcess:

@@ -85,29 +85,30 @@ def status(harness, prefix: Path) -> dict:
     return json.loads(airgap_install(harness, "status", "--prefix", str(prefix), "--json", check=False).stdout)
 
 
+def in_service(target_engine, service: str, command: str) -> tuple[int, str]:
+    """Run a shell command in the running container of a compose service: (exit code, output)."""
+    container = target_engine.containers.list(filters={"label": [f"com.docker.compose.service={service}"]})[0]
+    exit_code, output = container.exec_run(["sh", "-c", command])
+    return exit_code, output.decode()
+
+
 def write_row(target_engine, text: str) -> None:
     """Stand-in for a database row: a line appended to a file in the postgres data volume."""
-    container = target_engine.containers.list(filters={"label": ["com.docker.compose.service=postgres"]})[0]
-    exit_code, output = container.exec_run(["sh", "-c", f"echo {text} >> {ROW_FILE}"])
-    assert exit_code == 0, output
+    assert in_service(target_engine, "postgres", f"echo {text} >> {ROW_FILE}")[0] == 0
 
 
 def rows(target_engine) -> str:
-    container = target_engine.containers.list(filters={"label": ["com.docker.compose.service=postgres"]})[0]
-    exit_code, output = container.exec_run(["cat", ROW_FILE])
-    return output.decode() if exit_code == 0 else ""
+    exit_code, output = in_service(target_engine, "postgres", f"cat {ROW_FILE}")
+    return output if exit_code == 0 else ""
 
 
 def write_output(target_engine, text: str) -> None:
     """A file the backend writes into its bind-mounted output folder (./src/backend/outputs)."""
-    container = target_engine.containers.list(filters={"label": ["com.docker.compose.service=backend"]})[0]
-    exit_code, output = container.exec_run(["sh", "-c", f"echo {text} > /app/outputs/{text}.txt"])
-    assert exit_code == 0, output
+    assert in_service(target_engine, "backend", f"echo {text} > /app/outputs/{text}.txt")[0] == 0
 
 
 def outputs(target_engine) -> str:
-    container = target_engine.containers.list(filters={"label": ["com.docker.compose.service=backend"]})[0]
-    return container.exec_run(["ls", "/app/outputs"]).output.decode()
+    return in_service(target_engine, "backend", "ls /app/outputs")[1]
 
 
 def layer_members(archive: Path) -> dict[str, bytes]:
