@@ -300,7 +300,7 @@ def keygen_command(private_path: Path, force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole signed header as JSON.")
 @friendly_errors
 def inspect_command(archive: Path, as_json: bool) -> None:
-    """Show what an archive holds: images, sizes, services, signer. Reads only its header.
+    """Show what an archive holds: images, sizes, services, what changed per service, signer. Reads only its header.
 
     Nothing is verified here (see 'verify'): the signer shown is the one the
     header claims.
@@ -327,6 +327,11 @@ def inspect_command(archive: Path, as_json: bool) -> None:
         ports = ", ".join(f"{p['spec']} ({p['service']})" for p in release.get("ports", []))
         click.echo(f"ports:     {ports or 'none'}")
         click.echo(f"secrets:   {len(release.get('secrets', {}))} generated on the site: {', '.join(release.get('secrets', {}))}")
+        changes = release.get("changes") or {}
+        if changes:
+            click.echo("changes against the application's compose file:")
+            for service, items in changes.items():
+                click.echo(f"  {service}: " + ("; ".join(items) if items else "as written"))
 
 
 @main.command("verify")

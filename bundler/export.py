@@ -213,6 +213,7 @@ def release_info(plan: Plan, compose: RenderedCompose) -> dict:
         "env_files": compose.env_files,
         "state_dirs": compose.state_dirs,
         "profiles": compose.profiles,
+        "changes": compose.changes,
         "host_mounts": compose.host_mounts,
         "variables": {n: _variable_info(v) for n, v in compose.variables.items()},
         "secrets": {n: {"length": s.length, "alphabet": s.alphabet} for n, s in compose.secrets.items()},

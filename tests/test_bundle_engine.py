@@ -124,6 +124,7 @@ def test_verify_passes_and_inspect_shows_the_signer(built, keys, harness) -> Non
     assert result.stdout.startswith("OK: ")
     shown = bundle("inspect", str(built["archive"]), docker_host=harness.build_docker_host).stdout
     assert built["header"].signer in shown and "ai-infra-singleuser:v0.3.5" in shown
+    assert "gitea-debug: overlay: service added" in shown  # what the overlay and the rewrite changed, per service
     data = json.loads(bundle("inspect", str(built["archive"]), "--json", docker_host=harness.build_docker_host).stdout)
     assert data["signed"] is True and len(data["images"]) == len(built["header"].images)
 

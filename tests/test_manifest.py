@@ -156,6 +156,9 @@ def test_a_service_the_application_adds_is_refused_by_name(tmp_path: Path) -> No
     compose.write_text(compose.read_text().replace("\nvolumes:\n", "\n  vector:\n    image: timberio/vector:0.40.0-alpine\n\nvolumes:\n", 1))
     with pytest.raises(ComposeError, match=r"docker-compose\.yml\.example: services\.vector\.image: 'timberio/vector:0\.40\.0-alpine' is not in the release"):
         derived(tmp_path / "m", source=source)
+    result = CliRunner().invoke(main, ["resolve", str(MANIFEST), "--source", str(source), "--offline"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{compose}: services.vector.image: 'timberio/vector:0.40.0-alpine' is not in the release" in result.output
 
 
 def test_cli_explain_shows_what_changed_per_service() -> None:
