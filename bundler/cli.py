@@ -17,7 +17,7 @@ from installer.signing import KeyFileError, generate_keypair, load_public_keys
 from .build import BuildError, BuildRequest, Release, build, open_manifest, resolve, source_root
 from .compose import ComposeError
 from .composefile import ComposeFileError
-from .starter import bundle_name_for, manifest_text, starter_manifest
+from .starter import manifest_text, starter_manifest
 from .engine import EngineError, connect
 from .kit import KitError, build_kit
 from .lockfile import LockfileError, default_lock_path, lock_from_plan, write_lock

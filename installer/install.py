@@ -8,7 +8,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import re
 import tempfile
 import time
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from .site import (
     rollback_target,
     step_back,
     write_env,
+    fill_template,
     write_env_files,
     write_release,
 )
@@ -385,6 +385,6 @@ def resolve_endpoints(header: BundleHeader, values: dict[str, str]) -> list[tupl
     """The release's endpoints with site values filled in."""
     result = []
     for endpoint in header.release.get("endpoints", []):
-        url = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: values.get(m.group(1), m.group(0)), endpoint["url"])
+        url = fill_template(str(endpoint["url"]), values)
         result.append((endpoint["name"], url))
     return result

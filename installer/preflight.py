@@ -20,6 +20,7 @@ from .compose import ComposeCli, ComposeError, find_compose
 from .engine import EngineError, EngineFacts, EngineInventory, engine_facts, inventory
 from .health import PROJECT_LABEL
 from .loader import LoadPlan, plan_load
+from .site import fill_template
 
 MIN_API = (1, 40)
 DISK_MARGIN = 256 * 1024 * 1024
@@ -121,7 +122,7 @@ def published_ports(header: BundleHeader, values: dict[str, str]) -> list[tuple[
     """(service, host port, protocol) of every published port, variables filled in."""
     result = []
     for entry in header.release.get("ports", []):
-        spec = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}", lambda m: values.get(m.group(1), m.group(2) or ""), entry["spec"])
+        spec = fill_template(str(entry["spec"]), values)
         protocol = "udp" if spec.endswith("/udp") else "tcp"
         parts = spec.split("/")[0].split(":")
         if len(parts) < 2:

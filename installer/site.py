@@ -230,6 +230,9 @@ def _link_site_paths(prefix: Path, staging: Path, header: BundleHeader) -> None:
 def write_env_files(release: Path, env_files: dict[str, list[str]], values: dict[str, str]) -> None:
     """Write each ``env_file:`` of the compose config with the site's values of its variables (mode 0600)."""
     for relative, keys in env_files.items():
+        bad = [key for key in keys if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key)]
+        if bad:
+            raise SiteError(f"env file {relative!r}: {bad[0]!r} is not a variable name")
         where = _inside(release, relative)
         where.parent.mkdir(parents=True, exist_ok=True)
         if where.is_symlink():
