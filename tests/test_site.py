@@ -9,7 +9,7 @@ import pytest
 from installer.archive import BundleHeader, ImageRecord, MemberRecord, layer_path
 from installer.engine import EngineInventory, chain_ids
 from installer.loader import plan_load
-from installer.site import SiteError, parse_sets, read_env, resolve_env, switch_current, write_env
+from installer.site import SiteError, parse_sets, read_env, resolve_env, switch_current, write_env, write_env_files
 
 D = ["sha256:" + c * 64 for c in "abcdef"]
 
@@ -91,3 +91,33 @@ def test_same_diff_id_on_another_chain_is_not_present() -> None:
     # the engine has layer D[1] but on top of another base: its chain differs, so it must be sent
     other = EngineInventory(image_ids=set(), chains=set(chain_ids([D[5], D[1]])), tags={})
     assert layer_path(D[1]) in plan_load(h, other).layers
+
+
+def test_a_value_built_from_others_is_filled_in_on_the_site() -> None:
+    env = resolve_env(header(variables={
+        "DB_USER": {"default": "app"},
+        "DATABASE_URL": {"default": "", "template": "postgresql://${DB_USER}:${DB_PASSWORD}@${DB_HOST:-db}/app"},
+    }, secrets={"DB_PASSWORD": {"length": 16}}), {}, {})
+    assert env.values["DATABASE_URL"] == f"postgresql://app:{env.values['DB_PASSWORD']}@db/app"
+    again = resolve_env(header(variables={"DB_USER": {"default": "app"}, "URL": {"default": "", "template": "x-${DB_USER}"}}),
+                        {"URL": "stale", "DB_USER": "app"}, {"DB_USER": "ops"})
+    assert again.values["URL"] == "x-ops"  # recomputed from the current values, never kept stale
+
+
+def test_a_required_variable_must_be_given_on_the_site() -> None:
+    required = header(variables={"LICENSE_HOST": {"default": "", "required": True}})
+    with pytest.raises(SiteError, match="LICENSE_HOST: demo needs a value for it; give one with --set LICENSE_HOST=VALUE"):
+        resolve_env(required, {}, {})
+    assert resolve_env(required, {}, {"LICENSE_HOST": "lic.lab"}).values["LICENSE_HOST"] == "lic.lab"
+
+
+def test_env_files_hold_only_their_own_variables_and_stay_inside_the_release(tmp_path: Path) -> None:
+    values = {"A": "1", "SECRET": "s3", "OTHER": "x"}
+    write_env_files(tmp_path, {"config/app.env": ["A", "SECRET"]}, values)
+    written = tmp_path / "config" / "app.env"
+    assert written.read_text() == "A=1\nSECRET=s3\n" and oct(written.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(SiteError, match="points outside"):
+        write_env_files(tmp_path, {"../escape.env": ["A"]}, values)
+    with pytest.raises(SiteError, match="is not a variable name"):
+        write_env_files(tmp_path, {"x.env": ["A\nINJECTED=1"]}, values)
+    assert not (tmp_path.parent / "escape.env").exists()
