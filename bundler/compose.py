@@ -57,7 +57,7 @@ class RenderedCompose:
     healthchecked: list[str]
     ports: list[dict[str, str]]
     files: list[str]
-    host_mounts: list[str]
+    host_mounts: list[dict[str, Any]]
     variables_used: list[str] = field(default_factory=list)
     file_sources: dict[str, Path] = field(default_factory=dict)
     env_files: dict[str, list[str]] = field(default_factory=dict)
@@ -189,9 +189,10 @@ class _Deriver:
         return list(entries)
 
     def _volumes(self, name: str, service: dict[str, Any], changes: list[str]) -> None:
-        for source, read_only in _bind_sources(service.get("volumes") or []):
+        for source, target, read_only in _bind_sources(service.get("volumes") or []):
             if source.startswith(("/", "~")):
-                self.result.host_mounts.append(f"{name}: {source}")
+                self.result.host_mounts.append({"service": name, "source": source, "target": target, "read_only": read_only})
+                changes.append(f"bind {source}: a path of the site's host, checked by preflight")
                 continue
             relative = self._relative(name, "volumes", source)
             if relative is None:
@@ -357,16 +358,16 @@ def _is_oneshot(name: str, services: dict[str, Any]) -> bool:
     return False
 
 
-def _bind_sources(volumes: list) -> Iterator[tuple[str, bool]]:
-    """(host source, read-only) of each bind mount; named volumes are skipped."""
-    for entry in volumes:
+def _bind_sources(volumes: Any) -> Iterator[tuple[str, str, bool]]:
+    """(host source, container target, read-only) of each bind mount; named volumes are skipped."""
+    for entry in volumes if isinstance(volumes, list) else []:
         if isinstance(entry, str):
             parts = entry.split(":")
             source = parts[0]
             if len(parts) >= 2 and source.startswith((".", "/", "~")):
-                yield source, len(parts) >= 3 and "ro" in parts[2].split(",")
+                yield source, parts[1], len(parts) >= 3 and "ro" in parts[2].split(",")
         elif isinstance(entry, dict) and entry.get("type") == "bind" and isinstance(entry.get("source"), str):
-            yield entry["source"], bool(entry.get("read_only"))
+            yield entry["source"], str(entry.get("target", "")), bool(entry.get("read_only"))
 
 
 def _pairs(environment: Any) -> list[tuple[str, Any]]:

@@ -654,15 +654,14 @@ if [ -d "$prefix/lib" ]; then mv "$prefix/lib" "$prefix/.lib.old"; fi
 mv "$stage" "$prefix/lib"
 rm -rf "$prefix/.lib.old"
 
-# The launcher: this Python, the kit's packages first. The current folder is taken off
-# sys.path, so a folder named 'installer' where the command runs cannot shadow the package.
+# The launcher: this Python in isolated mode (-I: no PYTHON* variables, no user site, not the
+# current folder), the kit's packages first on sys.path. Nothing is exported, so the programs
+# the installer runs (Debian's docker-compose v1 is Python too) never see the kit's packages.
 mkdir -p "$prefix/bin"
 cat >"$prefix/bin/.airgap-install.new" <<EOF
 #!/bin/sh
 # airgap-install $KIT_VERSION, installed from the offline kit (run its install.sh again to replace).
-PYTHONPATH='$prefix/lib'
-export PYTHONPATH
-exec '$python' -s -c 'import sys; sys.path[:] = [p for p in sys.path if p not in ("", ".")]; from installer.cli import main; sys.argv[0] = "airgap-install"; main(prog_name="airgap-install")' "\$@"
+exec '$python' -I -c 'import sys; sys.path.insert(0, "$prefix/lib"); from installer.cli import main; sys.argv[0] = "airgap-install"; main(prog_name="airgap-install")' "\$@"
 EOF
 chmod 755 "$prefix/bin/.airgap-install.new"
 mv "$prefix/bin/.airgap-install.new" "$prefix/bin/airgap-install"

@@ -18,6 +18,7 @@ from .compose import ComposeError, ComposeProject, find_compose
 from .health import service_states, wait_until_ready
 from .install import InstallError, InstallOptions, install, preflight, prefix_lock, rollback
 from .signing import KeyFileError
+from .childenv import child_environment
 from .site import ENV_FILE, SiteError, active_release, parse_sets, read_release_header
 from .trust import SYSTEM_TRUST_DIR, trusted_keys
 
@@ -261,7 +262,8 @@ def logs_command(service: str, prefix: Optional[Path], follow: bool, tail: Optio
     services = header.release.get("services", [])
     if service not in services:
         raise InstallError(f"no service {service!r} in {header.name} {header.version} (services: {', '.join(services)})")
-    result = subprocess.run(project.logs_argv(service, tail, follow), cwd=project.directory, stdin=subprocess.DEVNULL)
+    result = subprocess.run(project.logs_argv(service, tail, follow), cwd=project.directory, stdin=subprocess.DEVNULL,
+                            env=child_environment())
     sys.exit(result.returncode)
 
 

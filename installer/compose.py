@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .childenv import child_environment
+
 
 class ComposeError(Exception):
     """The compose CLI is missing or a compose command failed."""
@@ -58,7 +60,8 @@ def find_compose(preference: Optional[str] = None) -> ComposeCli:
 
 def _version(argv: Sequence[str]) -> Optional[str]:
     try:
-        result = subprocess.run([*argv, "version", "--short"], capture_output=True, text=True, timeout=30)
+        result = subprocess.run([*argv, "version", "--short"], capture_output=True, text=True, timeout=30,
+                                env=child_environment(), stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
     text = result.stdout.strip()
@@ -88,7 +91,7 @@ class ComposeProject:
         """Run ``compose ARGS``; ComposeError with its output if it fails."""
         try:
             result = subprocess.run(self.argv(*args), capture_output=capture, text=True, timeout=timeout,
-                                    cwd=self.directory, stdin=subprocess.DEVNULL)
+                                    cwd=self.directory, stdin=subprocess.DEVNULL, env=child_environment())
         except subprocess.TimeoutExpired:
             raise ComposeError(f"compose {' '.join(args)} did not finish within {timeout:.0f}s") from None
         if result.returncode != 0:

@@ -121,3 +121,11 @@ def test_env_files_hold_only_their_own_variables_and_stay_inside_the_release(tmp
     with pytest.raises(SiteError, match="is not a variable name"):
         write_env_files(tmp_path, {"x.env": ["A\nINJECTED=1"]}, values)
     assert not (tmp_path.parent / "escape.env").exists()
+
+
+def test_children_get_none_of_the_installers_python_settings() -> None:
+    from installer.childenv import child_environment
+
+    env = child_environment({"PATH": "/usr/bin", "PYTHONPATH": "/opt/kit/lib", "PYTHONHOME": "/x", "DOCKER_HOST": "unix:///s",
+                             "LD_LIBRARY_PATH": "/tmp/_MEI123", "LD_LIBRARY_PATH_ORIG": "/usr/local/lib"})
+    assert env == {"PATH": "/usr/bin", "DOCKER_HOST": "unix:///s", "LD_LIBRARY_PATH": "/usr/local/lib"}
