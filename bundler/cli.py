@@ -365,10 +365,11 @@ def verify_command(archive: Path, pubkeys: tuple[Path, ...]) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where downloaded wheels are kept for the next kit. Default: ~/.cache/airgap-bundle/wheels.")
 @click.option("--refresh", is_flag=True, help="Ask the package index for newer releases even when the cache has every wheel.")
+@click.option("--no-compose", is_flag=True, help="Leave out compose v2 (hosts must then bring their own compose).")
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @friendly_errors
 def kit_command(output_dir: Path, python_versions: tuple[str, ...], platforms: tuple[str, ...], cache_dir: Optional[Path],
-                refresh: bool, plain: bool) -> None:
+                refresh: bool, no_compose: bool, plain: bool) -> None:
     """Write the offline installer kit that installs airgap-install on an air-gapped host.
 
     \b
@@ -381,8 +382,12 @@ def kit_command(output_dir: Path, python_versions: tuple[str, ...], platforms: t
       airgap-install --help
 
     The kit holds wheels/ (this project, every runtime dependency for each
-    --python x --platform, and pip itself), install.sh, README.txt and
-    SHA256SUMS, which install.sh checks before anything else. install.sh
+    --python x --platform, and pip itself), compose/ (compose v2, the
+    official static x86_64 binary, used on hosts that have no compose v2
+    plugin: the host's own plugins are never touched), install.sh,
+    README.txt and SHA256SUMS, which install.sh checks before anything else.
+    It is made from this installed copy of airgap-compose (a regular
+    pip install is enough; no source checkout needed). install.sh
     runs pip from the kit's own pip wheel with no index, installs into
     PREFIX/lib, writes the command PREFIX/bin/airgap-install and links it
     into /usr/local/bin; running it again replaces the install.
@@ -392,7 +397,7 @@ def kit_command(output_dir: Path, python_versions: tuple[str, ...], platforms: t
     the cache lacks (or for everything with --refresh). Prints the kit's path.
     """
     kit = build_kit(
-        output_dir, cache_dir=cache_dir, reporter=Reporter(force_plain=plain), refresh=refresh,
+        output_dir, cache_dir=cache_dir, reporter=Reporter(force_plain=plain), refresh=refresh, with_compose=not no_compose,
         **({"python_versions": python_versions} if python_versions else {}),
         **({"platforms": platforms} if platforms else {}),
     )

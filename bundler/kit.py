@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from .distwheel import DistWheelError, repack
+from .kitcompose import COMPOSE_PLATFORMS, COMPOSE_VERSION, KitComposeError, compose_binary
 from .progress import Reporter
 
 DIST_NAME = "airgap-compose"
@@ -38,6 +40,7 @@ KIT_NAME = "airgap-install-kit"
 DEFAULT_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
 DEFAULT_PLATFORMS = ("manylinux2014_x86_64",)
 DEFAULT_PREFIX = "/opt/airgap-install"
+PACKAGES = ("bundler", "installer")
 
 # Never copied when building the project's wheel from its source tree (at any depth; at the
 # top only files, Python packages and src/ are copied anyway: see _source_ignore).
@@ -85,17 +88,29 @@ def default_cache_dir() -> Path:
     return Path(base) / "airgap-bundle" / "wheels"
 
 
-def project_root() -> Path:
-    """The source tree this copy of the bundler runs from (it must hold pyproject.toml)."""
+def project_root() -> Path | None:
+    """The source tree this copy of the bundler runs from, if it runs from one (a checkout, or ``pip install -e``)."""
     import bundler
 
     root = Path(bundler.__file__).resolve().parent.parent
-    if not (root / "pyproject.toml").is_file():
-        raise KitError(
-            f"the kit is built from the project's source tree, but {root} (where the bundler is installed) "
-            "has no pyproject.toml; install the bundler from a checkout (pip install -e .) and try again"
-        )
-    return root
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def project_wheel(build_cache: Path, scratch: Path, refresh: bool) -> tuple[Path, str]:
+    """This project's wheel and where it came from: built from the source tree the code runs from,
+    else repacked from the installed distribution (a regular install: ``pip install .``, pipx)."""
+    from installer import __version__
+
+    root = project_root()
+    if root is not None:
+        return _build_project_wheel(root, build_cache, scratch, refresh), str(root)
+    try:
+        wheel = repack(DIST_NAME, __version__, PACKAGES, scratch / "wheel")
+    except DistWheelError as exc:
+        raise KitError(str(exc)) from None
+    if wheel is None:
+        raise KitError(f"{DIST_NAME} is neither installed nor run from its source tree; install it (pip install .)")
+    return wheel, f"the installed {DIST_NAME}"
 
 
 def build_kit(
@@ -106,11 +121,13 @@ def build_kit(
     cache_dir: Path | None = None,
     reporter: Reporter | None = None,
     refresh: bool = False,
+    with_compose: bool = True,
 ) -> Path:
     """Write ``OUTPUT/airgap-install-kit-VERSION/`` and return its path.
 
     ``refresh`` asks the package index for newer releases even when the cache
-    could satisfy every target. A kit of the same version already in OUTPUT is
+    could satisfy every target. ``with_compose`` adds compose v2 (for x86_64
+    hosts without compose). A kit of the same version already in OUTPUT is
     replaced only once the new one is complete.
     """
     from installer import __version__
@@ -119,7 +136,6 @@ def build_kit(
     targets = _targets(python_versions, platforms)
     cache = Path(cache_dir or default_cache_dir()).expanduser().resolve()
     output_dir = Path(output_dir).expanduser().resolve()
-    root = project_root()
     final = output_dir / f"{KIT_NAME}-{__version__}"
     output_dir.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
@@ -131,16 +147,17 @@ def build_kit(
         wheels.mkdir(parents=True)
         scratch = work / "scratch"
 
-        with reporter.task(f"project wheel from {root}"):
-            project_wheel = _build_project_wheel(root, cache / "build", scratch / "project", refresh)
-        dist = metadata.PathDistribution(zipfile.Path(project_wheel, at=_dist_info(project_wheel) + "/"))
-        with zipfile.ZipFile(project_wheel) as archive:
+        with reporter.task("project wheel"):
+            own_wheel, origin = project_wheel(cache / "build", scratch / "project", refresh)
+        reporter.line(f"project wheel {own_wheel.name} from {origin}")
+        dist = metadata.PathDistribution(zipfile.Path(own_wheel, at=_dist_info(own_wheel) + "/"))
+        with zipfile.ZipFile(own_wheel) as archive:
             if "installer/cli.py" not in archive.namelist():
-                raise KitError(f"the project's wheel {project_wheel.name} built from {root} has no installer/cli.py")
+                raise KitError(f"the project's wheel {own_wheel.name} from {origin} has no installer/cli.py")
         if dist.version != __version__:
             raise KitError(
-                f"{root / 'pyproject.toml'} says version {dist.version} but installer.__version__ is {__version__}; "
-                "make them agree before building a kit"
+                f"the project's wheel from {origin} says version {dist.version} but installer.__version__ is "
+                f"{__version__}; make pyproject.toml and installer/__init__.py agree before building a kit"
             )
         requires_python = (dist.metadata.get_all("Requires-Python") or [None])[0]
         _check_requires_python(requires_python, targets)
@@ -152,9 +169,19 @@ def build_kit(
             pip_wheel = _resolve_into(["pip"], oldest, cache, wheels, scratch / "pip", refresh, no_deps=True)[0]
 
         with reporter.task(f"dependency wheels for {len(targets)} Python version x platform", total=len(targets)) as task:
-            _resolve_all(f"{DIST_NAME}=={dist.version}", requirements, targets, cache, project_wheel.parent,
+            _resolve_all(f"{DIST_NAME}=={dist.version}", requirements, targets, cache, own_wheel.parent,
                                  wheels, scratch, refresh, task)
         shutil.rmtree(scratch)
+
+        if with_compose and any(t.platform.endswith(p) for t in targets for p in COMPOSE_PLATFORMS):
+            with reporter.task(f"compose v2 {COMPOSE_VERSION} (for hosts without compose)"):
+                try:
+                    binary = compose_binary(cache)
+                except KitComposeError as exc:
+                    raise KitError(str(exc)) from None
+                (kit / "compose").mkdir()
+                shutil.copy2(binary, kit / "compose" / "docker-compose")
+                (kit / "compose" / "docker-compose").chmod(0o755)
 
         with reporter.task("check wheels, write install.sh, README.txt, SHA256SUMS"):
             _check_wheels(sorted(wheels.iterdir()), cache)
@@ -595,7 +622,8 @@ python=$("$python" -c 'import sys; print(sys.executable)') || die "cannot run $p
 case $python in *"'"*) die "$python: a quote in the interpreter's path is not supported" ;; esac
 
 # ---- the kit's integrity ------------------------------------------------------------------
-for f in wheels/*; do
+for f in wheels/* compose/*; do
+  [ -e "$f" ] || continue
   awk -v f="$f" '$2 == f { found = 1 } END { exit !found }' SHA256SUMS \
     || die "SHA256SUMS check failed: $f is not listed in SHA256SUMS (something was added to the kit); copy the kit again"
 done
@@ -653,6 +681,16 @@ printf '%s\n' "$KIT_VERSION" >"$marker"
 if [ -d "$prefix/lib" ]; then mv "$prefix/lib" "$prefix/.lib.old"; fi
 mv "$stage" "$prefix/lib"
 rm -rf "$prefix/.lib.old"
+
+# Compose v2 from the kit, for hosts without compose: PREFIX/libexec/docker-compose, found by
+# airgap-install when the host has no compose v2 plugin (the host's own plugins are left alone).
+rm -rf "$prefix/libexec"
+if [ -f compose/docker-compose ] && [ "$arch" = x86_64 ]; then
+  mkdir -p "$prefix/libexec"
+  cp compose/docker-compose "$prefix/libexec/.docker-compose.new"
+  chmod 755 "$prefix/libexec/.docker-compose.new"
+  mv "$prefix/libexec/.docker-compose.new" "$prefix/libexec/docker-compose"
+fi
 
 # The launcher: this Python in isolated mode (-I: no PYTHON* variables, no user site, not the
 # current folder), the kit's packages first on sys.path. Nothing is exported, so the programs

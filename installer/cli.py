@@ -16,10 +16,10 @@ from .archive import VerificationError, verify_archive
 from .archive.reader import ArchiveFormatError
 from .compose import ComposeError, ComposeProject, find_compose
 from .health import service_states, wait_until_ready
-from .install import InstallError, InstallOptions, install, preflight, prefix_lock, rollback
+from .install import InstallError, InstallOptions, install, prefix_lock, prepare_host_paths, preflight, rollback
 from .signing import KeyFileError
 from .childenv import child_environment
-from .site import ENV_FILE, SiteError, active_release, parse_sets, read_release_header
+from .site import ENV_FILE, SiteError, active_release, parse_sets, read_env, read_release_header
 from .trust import SYSTEM_TRUST_DIR, trusted_keys
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
@@ -89,8 +89,10 @@ def prefix_option(command: Callable) -> Callable:
 
 
 def compose_option(command: Callable) -> Callable:
-    return click.option("--compose", "compose_preference", type=click.Choice(["v1", "v2"]),
-                        help="Force a compose CLI (default: v2 plugin if present, else docker-compose v1).")(command)
+    return click.option("--compose", "compose_preference", type=click.Choice(["v1", "v2", "bundled"]),
+                        help="Force a compose CLI: v1 (the host's docker-compose), v2 (a v2 plugin or the kit's), or "
+                             "bundled (the kit's own v2). Default: the host's v2 plugin, else the kit's v2, else the "
+                             "host's docker-compose v1; preflight says which and why.")(command)
 
 
 def install_options(command: Callable) -> Callable:
@@ -304,6 +306,7 @@ def restart_command(services: tuple[str, ...], prefix: Optional[Path], timeout: 
     with prefix_lock(prefix):
         states = service_states(client, project.name, known, header.release.get("oneshot", []))
         if any(s.container is None for s in states if not s.oneshot):
+            prepare_host_paths(project, header, read_env(project.env_file))
             project.up(timeout=timeout)
         else:
             project.restart(services, timeout=timeout)

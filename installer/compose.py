@@ -1,4 +1,4 @@
-"""Run the site's compose CLI: v2 (``docker compose``) preferred, v1 (``docker-compose``) accepted.
+"""Run the site's compose CLI: the host's v2 plugin preferred, then the kit's own v2, then the host's v1.
 
 Every call names the project, the project folder, the compose file and the
 site environment file explicitly, and never pulls or builds.
@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .childenv import child_environment
+from .hostpaths import SITE_OVERRIDE
 
 
 class ComposeError(Exception):
@@ -21,10 +23,12 @@ class ComposeError(Exception):
 
 @dataclass(frozen=True)
 class ComposeCli:
-    """A compose CLI: the argv prefix to run it and its major version."""
+    """A compose CLI: the argv prefix to run it, its version, and which one it is (``source``)."""
 
     argv: tuple[str, ...]
     version: str
+    source: str = ""
+    reason: str = ""
 
     @property
     def major(self) -> int:
@@ -32,29 +36,64 @@ class ComposeCli:
         return 2 if self.version.lstrip("v").startswith("2") else 1
 
     def describe(self) -> str:
-        """``docker compose v2.40.3`` / ``docker-compose 1.29.2``."""
-        return f"{' '.join(self.argv)} {self.version}"
+        """``docker compose v2.40.3 (the host's compose plugin)``, and why it was chosen when others were passed over."""
+        text = f"{' '.join(self.argv)} {self.version}" + (f" ({self.source})" if self.source else "")
+        return text + (f"; {self.reason}" if self.reason else "")
+
+
+PREFERENCES = ("v1", "v2", "bundled")
+HOST_PLUGIN, KIT, HOST_STANDALONE = "the host's compose plugin", "the kit's compose v2", "the host's docker-compose"
+
+
+def bundled_compose() -> Optional[Path]:
+    """The compose v2 binary the offline kit installed beside this tool (PREFIX/libexec/docker-compose), if any."""
+    explicit = os.environ.get("AIRGAP_INSTALL_COMPOSE")
+    if explicit:
+        return Path(explicit)
+    if getattr(sys, "frozen", False):  # the one-file executable: PREFIX/bin/airgap-install
+        prefix = Path(sys.executable).resolve().parent.parent
+    else:  # PREFIX/lib/installer/compose.py
+        prefix = Path(__file__).resolve().parents[2]
+    candidate = prefix / "libexec" / "docker-compose"
+    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 
 def find_compose(preference: Optional[str] = None) -> ComposeCli:
-    """Find a compose CLI. ``preference`` ("v1"/"v2", or env AIRGAP_COMPOSE) forces one."""
+    """Find a compose CLI: the host's v2 plugin, else the kit's v2, else the host's v1 ``docker-compose``.
+
+    ``preference`` ("v1", "v2", "bundled", or env AIRGAP_COMPOSE) forces a kind.
+    """
     preference = preference or os.environ.get("AIRGAP_COMPOSE")
-    candidates: list[tuple[str, ...]] = []
+    if preference and preference not in PREFERENCES:
+        raise ComposeError(f"--compose {preference}: expected one of {', '.join(PREFERENCES)}")
+    candidates: list[tuple[str, tuple[str, ...]]] = []
     docker = shutil.which("docker")
-    if docker and preference != "v1":
-        candidates.append((docker, "compose"))
+    if docker and preference in (None, "v2"):
+        candidates.append((HOST_PLUGIN, (docker, "compose")))
+    kit = bundled_compose()
+    if kit is not None and preference in (None, "v2", "bundled"):
+        candidates.append((KIT, (str(kit),)))
     standalone = shutil.which("docker-compose")
-    if standalone and preference != "v2":
-        candidates.append((standalone,))
-    for argv in candidates:
+    if standalone and preference in (None, "v1"):
+        candidates.append((HOST_STANDALONE, (standalone,)))
+    passed: list[str] = []
+    for source, argv in candidates:
         version = _version(argv)
         if version is None:
+            passed.append(f"no {source}" if source != KIT else f"{source} at {argv[0]} does not run")
             continue
-        cli = ComposeCli(argv=argv, version=version)
+        cli = ComposeCli(argv=argv, version=version, source=source)
         if preference == "v2" and cli.major != 2 or preference == "v1" and cli.major != 1:
+            passed.append(f"{source} is {version}")
             continue
-        return cli
-    wanted = {"v1": "docker-compose (v1)", "v2": "the docker compose plugin (v2)"}.get(preference or "", "docker compose (v2) or docker-compose (v1)")
+        reason = ", ".join(passed) if passed else ""
+        if preference:
+            reason = f"--compose {preference}" + (f"; {reason}" if reason else "")
+        return ComposeCli(argv=argv, version=version, source=source, reason=reason)
+    wanted = {"v1": "docker-compose (v1)", "v2": "the docker compose plugin (v2)",
+              "bundled": "the kit's compose (install airgap-install from a kit that carries compose/)"}.get(
+        preference or "", "docker compose (v2) or docker-compose (v1), or install airgap-install from its kit, "
+        "which brings compose v2")
     raise ComposeError(f"no compose CLI found: install {wanted} on this host")
 
 
@@ -82,10 +121,17 @@ class ComposeProject:
         """The release's rendered compose config."""
         return self.directory / "docker-compose.yml"
 
+    @property
+    def compose_files(self) -> list[Path]:
+        """The compose config, then the site's override of host paths when the host needed one."""
+        override = self.directory / SITE_OVERRIDE
+        return [self.compose_file] + ([override] if override.is_file() else [])
+
     def argv(self, *args: str) -> list[str]:
         """The full command line for ``compose ARGS``."""
+        files = [part for path in self.compose_files for part in ("-f", str(path))]
         return [*self.cli.argv, "-p", self.name, "--project-directory", str(self.directory),
-                "-f", str(self.compose_file), "--env-file", str(self.env_file), *args]
+                *files, "--env-file", str(self.env_file), *args]
 
     def run(self, *args: str, timeout: Optional[float] = None, capture: bool = True) -> subprocess.CompletedProcess:
         """Run ``compose ARGS``; ComposeError with its output if it fails."""

@@ -119,7 +119,7 @@ def _interpreter(version: str) -> str | None:
 
 def test_kit_layout_wheels_and_checksums(kit: Path) -> None:
     assert kit.name == f"{KIT_NAME}-{VERSION}"
-    assert sorted(p.name for p in kit.iterdir()) == ["README.txt", "SHA256SUMS", "install.sh", "wheels"]
+    assert sorted(p.name for p in kit.iterdir()) == ["README.txt", "SHA256SUMS", "compose", "install.sh", "wheels"]
     assert len((kit / "README.txt").read_text().splitlines()) == 3
     wheels = sorted(p.name for p in (kit / "wheels").iterdir())
     assert all(name.endswith(".whl") for name in wheels)
