@@ -22,6 +22,7 @@ from . import engine as engine_ops
 from .archive import BundleHeader, VerificationError, read_header, verify_archive
 from .compose import ComposeError, ComposeProject
 from .health import ServiceState, last_log_lines, wait_until_ready
+from .hostpaths import HostPathError, write_site_override
 from .loader import LoadPlan, docker_archive_stream, missing_members_in_archive, read_ahead
 from .preflight import PreflightReport, run_preflight
 from .site import (
@@ -353,7 +354,9 @@ def bring_up(client: docker.DockerClient, project: ComposeProject, header: Bundl
     """compose up (no pulls), then wait until every service is ready; InstallError naming what is not."""
     services = header.release.get("services", [])
     oneshot = header.release.get("oneshot", [])
-    write_env_files(project.directory, header.release.get("env_files", {}), read_env(project.env_file))
+    values = read_env(project.env_file)
+    write_env_files(project.directory, header.release.get("env_files", {}), values)
+    prepare_host_paths(project, header, values)
     say(f"up: {project.name} with {project.cli.describe()} ({len(services)} services)")
     up_error: Optional[str] = None
     try:
@@ -379,6 +382,14 @@ def bring_up(client: docker.DockerClient, project: ComposeProject, header: Bundl
         details.append(detail)
     reason = f"compose up failed: {up_error}" if up_error else f"not healthy within {timeout:.0f}s"
     raise InstallError(f"the stack did not become healthy ({reason})", details, exit_code=3)
+
+
+def prepare_host_paths(project: ComposeProject, header: BundleHeader, values: dict[str, str]) -> None:
+    """Before any compose up: check the host paths the stack mounts and write the site's override for this engine."""
+    try:
+        write_site_override(project.directory, header, values, engine_ops.docker_host())
+    except HostPathError as exc:
+        raise InstallError(f"{exc}; nothing was started", [exc.fix]) from None
 
 
 def resolve_endpoints(header: BundleHeader, values: dict[str, str]) -> list[tuple[str, str]]:

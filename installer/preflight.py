@@ -1,4 +1,4 @@
-"""Checks run before anything changes: engine, compose CLI, disk, ports, platform.
+"""Checks run before anything changes: engine, compose CLI, disk, ports, platform, host paths.
 
 Every check runs (one failure does not hide the next) and each failure says
 what to do about it.
@@ -17,8 +17,9 @@ import docker
 
 from .archive import BundleHeader
 from .compose import ComposeCli, ComposeError, find_compose
-from .engine import EngineError, EngineFacts, EngineInventory, engine_facts, inventory
+from .engine import EngineError, EngineFacts, EngineInventory, docker_host, engine_facts, inventory
 from .health import PROJECT_LABEL
+from .hostpaths import HostPathError, check_mount, host_mounts
 from .loader import LoadPlan, plan_load
 from .site import fill_template
 
@@ -98,7 +99,20 @@ def run_preflight(
     checks.append(_disk_check("prefix disk", prefix, release_bytes + 64 * 1024))
     project = header.release.get("project", header.name)
     checks.extend(_port_checks(header, client, project, site_values))
+    checks.extend(host_path_checks(header, site_values, docker_host()))
     return report
+
+
+def host_path_checks(header: BundleHeader, values: dict[str, str], engine_address: str) -> list[Check]:
+    """One check per host path the stack bind-mounts (a Docker socket: the socket of the engine at ``engine_address``)."""
+    checks = []
+    for mount in host_mounts(header, values):
+        name = f"host path {mount.source} ({mount.service})"
+        try:
+            checks.append(Check(name, True, check_mount(mount, engine_address)))
+        except HostPathError as exc:
+            checks.append(Check(name, False, str(exc), exc.fix))
+    return checks
 
 
 def _disk_check(name: str, path: Path, needed: int) -> Check:
