@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from .distwheel import DistWheelError, repack
 from .kitcompose import COMPOSE_PLATFORMS, COMPOSE_VERSION, KitComposeError, compose_binary
+from .kitstandalone import StandaloneError, standalone_executable
 from .progress import Reporter
 
 DIST_NAME = "airgap-compose"
@@ -122,12 +124,14 @@ def build_kit(
     reporter: Reporter | None = None,
     refresh: bool = False,
     with_compose: bool = True,
+    with_standalone: bool = True,
 ) -> Path:
     """Write ``OUTPUT/airgap-install-kit-VERSION/`` and return its path.
 
     ``refresh`` asks the package index for newer releases even when the cache
     could satisfy every target. ``with_compose`` adds compose v2 (for x86_64
-    hosts without compose). A kit of the same version already in OUTPUT is
+    hosts without compose), ``with_standalone`` a one-file airgap-install (for
+    hosts without a usable python3, of this machine's architecture). A kit of the same version already in OUTPUT is
     replaced only once the new one is complete.
     """
     from installer import __version__
@@ -182,6 +186,17 @@ def build_kit(
                 (kit / "compose").mkdir()
                 shutil.copy2(binary, kit / "compose" / "docker-compose")
                 (kit / "compose" / "docker-compose").chmod(0o755)
+
+        if with_standalone and any(t.platform.endswith(platform.machine()) for t in targets):
+            with reporter.task("standalone airgap-install (PyInstaller, for hosts without python3)"):
+                try:
+                    executable = standalone_executable(wheels / own_wheel.name, wheels, cache, __version__,
+                                                       lambda needs, where: _download_to_cache(needs, [], where))
+                except StandaloneError as exc:
+                    raise KitError(str(exc)) from None
+                (kit / "standalone").mkdir()
+                shutil.copy2(executable, kit / "standalone" / "airgap-install")
+                (kit / "standalone" / "airgap-install").chmod(0o755)
 
         with reporter.task("check wheels, write install.sh, README.txt, SHA256SUMS"):
             _check_wheels(sorted(wheels.iterdir()), cache)
@@ -518,12 +533,14 @@ say() { printf 'install.sh: %s\n' "$*"; }
 
 usage() {
   cat <<EOF
-Usage: sh install.sh [--prefix DIR] [--no-link] [--link-dir DIR]
+Usage: sh install.sh [--prefix DIR] [--no-link] [--link-dir DIR] [--standalone]
 
 Install airgap-install $KIT_VERSION from this kit, with no network.
   --prefix DIR     install into DIR/lib, with the command DIR/bin/airgap-install
                    (default: @PREFIX@)
   --no-link        do not link the command into the link folder
+  --standalone     install the kit's one-file airgap-install (no Python used), as is
+                   done by itself on a host without a usable python3
   --link-dir DIR   where to link the command (default: /usr/local/bin, when writable)
   -h, --help       this text
 
@@ -534,6 +551,7 @@ EOF
 }
 
 prefix='@PREFIX@'
+standalone=no
 link=yes
 link_dir=/usr/local/bin
 while [ $# -gt 0 ]; do
@@ -541,6 +559,7 @@ while [ $# -gt 0 ]; do
     --prefix) [ $# -ge 2 ] || die "--prefix needs a folder"; prefix=$2; shift 2 ;;
     --prefix=*) prefix=${1#--prefix=}; shift ;;
     --no-link) link=no; shift ;;
+    --standalone) standalone=yes; shift ;;
     --link-dir) [ $# -ge 2 ] || die "--link-dir needs a folder"; link_dir=$2; shift 2 ;;
     --link-dir=*) link_dir=${1#--link-dir=}; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -585,7 +604,11 @@ in_kit() {
 
 python=
 pyver=
-if [ -n "${PYTHON:-}" ]; then
+standalone_arch=x86_64   # what the kit's standalone executable was built for
+if [ "$standalone" = yes ]; then
+  [ -f standalone/airgap-install ] || die "--standalone: this kit has no standalone/airgap-install (built with --no-standalone?)"
+  [ "$standalone_arch" = "$arch" ] || die "--standalone: the kit's standalone airgap-install is for $standalone_arch, this host is $arch"
+elif [ -n "${PYTHON:-}" ]; then
   command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON: no such program"
   pyver=$(py_version "$PYTHON") || die "PYTHON=$PYTHON does not run as Python"
   if too_old "$pyver"; then
@@ -606,23 +629,35 @@ else
     if ! too_old "$v" && in_kit "$v"; then python=$cand; pyver=$v; break; fi
   done
   if [ -z "$python" ]; then
-    [ -n "$found" ] || die "no python3 found on PATH; install Python >= $MIN_PYTHON (the distribution's python3 package) or set PYTHON=/path/to/python3"
-    all_too_old=yes
-    for v in $found_versions; do
-      too_old "$v" || all_too_old=no
-    done
-    if [ "$all_too_old" = yes ]; then
-      die "python too old: found$found; airgap-install needs Python >= $MIN_PYTHON (e.g. RHEL 8: dnf install python39; then run this again, or set PYTHON=/usr/bin/python3.9)"
+    if [ -z "$found" ]; then
+      why="no python3 found on PATH; install Python >= $MIN_PYTHON (the distribution's python3 package) or set PYTHON=/path/to/python3"
+    else
+      all_too_old=yes
+      for v in $found_versions; do
+        too_old "$v" || all_too_old=no
+      done
+      if [ "$all_too_old" = yes ]; then
+        why="python too old: found$found; airgap-install needs Python >= $MIN_PYTHON (e.g. RHEL 8: dnf install python39; then run this again, or set PYTHON=/usr/bin/python3.9)"
+      else
+        why="no Python the kit has wheels for: found$found, the kit has Python $KIT_PYTHONS; set PYTHON=/path/to/python3.X, or build a kit for yours: airgap-bundle kit --python X.Y"
+      fi
     fi
-    die "no Python the kit has wheels for: found$found, the kit has Python $KIT_PYTHONS; set PYTHON=/path/to/python3.X, or build a kit for yours: airgap-bundle kit --python X.Y"
+    if [ -f standalone/airgap-install ] && [ "$standalone_arch" = "$arch" ]; then
+      say "${why%%;*}: installing the kit's standalone airgap-install (no Python needed)"
+      standalone=yes
+    else
+      die "$why"
+    fi
   fi
 fi
-python=$("$python" -c 'import sys; print(sys.executable)') || die "cannot run $python"
-[ -n "$python" ] || die "$python does not tell its own path (sys.executable is empty)"
-case $python in *"'"*) die "$python: a quote in the interpreter's path is not supported" ;; esac
+if [ "$standalone" = no ]; then
+  python=$("$python" -c 'import sys; print(sys.executable)') || die "cannot run $python"
+  [ -n "$python" ] || die "$python does not tell its own path (sys.executable is empty)"
+  case $python in *"'"*) die "$python: a quote in the interpreter's path is not supported" ;; esac
+fi
 
 # ---- the kit's integrity ------------------------------------------------------------------
-for f in wheels/* compose/*; do
+for f in wheels/* compose/* standalone/*; do
   [ -e "$f" ] || continue
   awk -v f="$f" '$2 == f { found = 1 } END { exit !found }' SHA256SUMS \
     || die "SHA256SUMS check failed: $f is not listed in SHA256SUMS (something was added to the kit); copy the kit again"
@@ -631,6 +666,8 @@ if command -v sha256sum >/dev/null 2>&1; then
   if ! report=$(sha256sum -c SHA256SUMS 2>&1); then
     die "SHA256SUMS check failed, the kit is damaged or was changed; copy it again. $(printf '%s\n' "$report" | grep -v ': OK$' | tr '\n' ' ')"
   fi
+elif [ "$standalone" = yes ]; then
+  die "cannot check SHA256SUMS: this host has neither sha256sum (coreutils) nor python3"
 else
   report=$("$python" -c '
 import hashlib, sys
@@ -651,36 +688,49 @@ print(" ".join(bad))
 sys.exit(1 if bad else 0)
 ' 2>&1) || die "SHA256SUMS check failed, the kit is damaged or was changed; copy it again. $report"
 fi
-say "kit checked against SHA256SUMS; Python $pyver ($python)"
+if [ "$standalone" = yes ]; then
+  say "kit checked against SHA256SUMS; standalone airgap-install (no Python)"
+else
+  say "kit checked against SHA256SUMS; Python $pyver ($python)"
+fi
 
-# ---- install: pip from the kit's own wheel, no index, into a fresh folder, then swap ------
+# ---- install: pip from the kit's own wheel into a fresh folder, then swap (or the standalone) 
 mkdir -p "$prefix" || die "cannot create $prefix"
 prefix=$(cd "$prefix" && pwd -P)
 marker="$prefix/.airgap-install-kit"
 if [ -e "$prefix/lib" ] && [ ! -f "$marker" ]; then
   die "$prefix/lib exists and was not installed by this kit; choose another --prefix (default @PREFIX@)"
 fi
-stage="$prefix/.lib.new"
-log="$prefix/.install.log"
-rm -rf "$stage" "$prefix/.lib.old"
-say "installing $DIST $KIT_VERSION into $prefix/lib (pip from the kit, no index)"
-# No pip configuration of this host counts (PIP_CONFIG_FILE, --isolated), nor PYTHONPATH (-E, -s).
-if ! PIP_CONFIG_FILE=/dev/null "$python" -E -s "$kit/wheels/$KIT_PIP_WHEEL/pip" install --isolated --no-index \
-     --find-links "$kit/wheels" --no-cache-dir --disable-pip-version-check --no-input --no-warn-script-location \
-     --target "$stage" "$DIST==$KIT_VERSION" >"$log" 2>&1; then
-  rm -rf "$stage"
-  missing=$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "$log" | head -n 1)
-  if [ -n "$missing" ]; then
-    die "the kit has no wheel of $missing for Python $pyver on this host ($arch; the kit was built for Python $KIT_PYTHONS on $KIT_PLATFORMS); build a kit that has it (airgap-bundle kit --python $pyver), or set PYTHON to another Python. pip's log: $log"
+if [ "$standalone" = no ]; then
+  stage="$prefix/.lib.new"
+  log="$prefix/.install.log"
+  rm -rf "$stage" "$prefix/.lib.old"
+  say "installing $DIST $KIT_VERSION into $prefix/lib (pip from the kit, no index)"
+  # No pip configuration of this host counts (PIP_CONFIG_FILE, --isolated), nor PYTHONPATH (-E, -s).
+  if ! PIP_CONFIG_FILE=/dev/null "$python" -E -s "$kit/wheels/$KIT_PIP_WHEEL/pip" install --isolated --no-index \
+       --find-links "$kit/wheels" --no-cache-dir --disable-pip-version-check --no-input --no-warn-script-location \
+       --target "$stage" "$DIST==$KIT_VERSION" >"$log" 2>&1; then
+    rm -rf "$stage"
+    missing=$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "$log" | head -n 1)
+    if [ -n "$missing" ]; then
+      die "the kit has no wheel of $missing for Python $pyver on this host ($arch; the kit was built for Python $KIT_PYTHONS on $KIT_PLATFORMS); build a kit that has it (airgap-bundle kit --python $pyver), or set PYTHON to another Python. pip's log: $log"
+    fi
+    tail -n 15 "$log" >&2
+    die "pip could not install $DIST from the kit; pip's log: $log"
   fi
-  tail -n 15 "$log" >&2
-  die "pip could not install $DIST from the kit; pip's log: $log"
+  rm -rf "${stage:?}/bin"   # pip's console scripts; the launcher below is the command
+  printf '%s\n' "$KIT_VERSION" >"$marker"
+  if [ -d "$prefix/lib" ]; then mv "$prefix/lib" "$prefix/.lib.old"; fi
+  mv "$stage" "$prefix/lib"
+  rm -rf "$prefix/.lib.old"
+else
+  # The one-file executable carries its own Python and packages: PREFIX/bin/airgap-install.
+  printf '%s\n' "$KIT_VERSION" >"$marker"
+  rm -rf "$prefix/lib"
+  mkdir -p "$prefix/bin"
+  cp standalone/airgap-install "$prefix/bin/.airgap-install.new"
+  chmod 755 "$prefix/bin/.airgap-install.new"
 fi
-rm -rf "${stage:?}/bin"   # pip's console scripts; the launcher below is the command
-printf '%s\n' "$KIT_VERSION" >"$marker"
-if [ -d "$prefix/lib" ]; then mv "$prefix/lib" "$prefix/.lib.old"; fi
-mv "$stage" "$prefix/lib"
-rm -rf "$prefix/.lib.old"
 
 # Compose v2 from the kit, for hosts without compose: PREFIX/libexec/docker-compose, found by
 # airgap-install when the host has no compose v2 plugin (the host's own plugins are left alone).
@@ -695,6 +745,7 @@ fi
 # The launcher: this Python in isolated mode (-I: no PYTHON* variables, no user site, not the
 # current folder), the kit's packages first on sys.path. Nothing is exported, so the programs
 # the installer runs (Debian's docker-compose v1 is Python too) never see the kit's packages.
+if [ "$standalone" = no ]; then
 mkdir -p "$prefix/bin"
 cat >"$prefix/bin/.airgap-install.new" <<EOF
 #!/bin/sh
@@ -702,6 +753,7 @@ cat >"$prefix/bin/.airgap-install.new" <<EOF
 exec '$python' -I -c 'import sys; sys.path.insert(0, "$prefix/lib"); from installer.cli import main; sys.argv[0] = "airgap-install"; main(prog_name="airgap-install")' "\$@"
 EOF
 chmod 755 "$prefix/bin/.airgap-install.new"
+fi
 mv "$prefix/bin/.airgap-install.new" "$prefix/bin/airgap-install"
 if ! check=$("$prefix/bin/airgap-install" --version 2>&1); then
   die "installed into $prefix, but '$prefix/bin/airgap-install --version' fails: $(printf '%s\n' "$check" | tail -n 3 | tr '\n' ' ')"
@@ -721,5 +773,9 @@ if [ "$link" = yes ]; then
     say "linked $target -> $prefix/bin/airgap-install"
   fi
 fi
-say "installed airgap-install $KIT_VERSION into $prefix (Python $pyver); try: $command_name --help"
+if [ "$standalone" = yes ]; then
+  say "installed airgap-install $KIT_VERSION into $prefix (standalone, no Python); try: $command_name --help"
+else
+  say "installed airgap-install $KIT_VERSION into $prefix (Python $pyver); try: $command_name --help"
+fi
 """
