@@ -366,10 +366,11 @@ def verify_command(archive: Path, pubkeys: tuple[Path, ...]) -> None:
               help="Where downloaded wheels are kept for the next kit. Default: ~/.cache/airgap-bundle/wheels.")
 @click.option("--refresh", is_flag=True, help="Ask the package index for newer releases even when the cache has every wheel.")
 @click.option("--no-compose", is_flag=True, help="Leave out compose v2 (hosts must then bring their own compose).")
+@click.option("--no-standalone", is_flag=True, help="Leave out the standalone airgap-install (hosts must then have python3).")
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @friendly_errors
 def kit_command(output_dir: Path, python_versions: tuple[str, ...], platforms: tuple[str, ...], cache_dir: Optional[Path],
-                refresh: bool, no_compose: bool, plain: bool) -> None:
+                refresh: bool, no_compose: bool, no_standalone: bool, plain: bool) -> None:
     """Write the offline installer kit that installs airgap-install on an air-gapped host.
 
     \b
@@ -384,7 +385,10 @@ def kit_command(output_dir: Path, python_versions: tuple[str, ...], platforms: t
     The kit holds wheels/ (this project, every runtime dependency for each
     --python x --platform, and pip itself), compose/ (compose v2, the
     official static x86_64 binary, used on hosts that have no compose v2
-    plugin: the host's own plugins are never touched), install.sh,
+    plugin: the host's own plugins are never touched), standalone/ (a
+    one-file airgap-install made with PyInstaller, installed on hosts
+    without a usable python3; it needs a C library at least as new as this
+    machine's), install.sh,
     README.txt and SHA256SUMS, which install.sh checks before anything else.
     It is made from this installed copy of airgap-compose (a regular
     pip install is enough; no source checkout needed). install.sh
@@ -398,6 +402,7 @@ def kit_command(output_dir: Path, python_versions: tuple[str, ...], platforms: t
     """
     kit = build_kit(
         output_dir, cache_dir=cache_dir, reporter=Reporter(force_plain=plain), refresh=refresh, with_compose=not no_compose,
+        with_standalone=not no_standalone,
         **({"python_versions": python_versions} if python_versions else {}),
         **({"platforms": platforms} if platforms else {}),
     )
