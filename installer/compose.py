@@ -80,7 +80,8 @@ def find_compose(preference: Optional[str] = None) -> ComposeCli:
     for source, argv in candidates:
         version = _version(argv)
         if version is None:
-            passed.append(f"no {source}" if source != KIT else f"{source} at {argv[0]} does not run")
+            passed.append({HOST_PLUGIN: "the host has no compose v2 plugin", KIT: f"{source} at {argv[0]} does not run"}.get(
+                source, "the host's docker-compose does not run"))
             continue
         cli = ComposeCli(argv=argv, version=version, source=source)
         if preference == "v2" and cli.major != 2 or preference == "v1" and cli.major != 1:
