@@ -77,17 +77,39 @@ def tree_snapshot(path: Path) -> dict:
     return result
 
 
+DEFAULT_SOCKET = Path("/var/run/docker.sock")
+
+
+def default_socket_state() -> object:
+    """What is at the host's default engine socket: None, or (mode, inode) of what is there."""
+    if not os.path.lexists(DEFAULT_SOCKET):
+        return None
+    stat = DEFAULT_SOCKET.lstat()
+    return (stat.st_mode, stat.st_ino)
+
+
+def clear_default_socket_leftover() -> None:
+    """Remove the empty folder an older run left at the default socket (a stack that mounted the
+    socket, started on an engine listening elsewhere): the install must be shown to leave nothing."""
+    if DEFAULT_SOCKET.is_dir() and not DEFAULT_SOCKET.is_symlink():
+        assert not any(DEFAULT_SOCKET.iterdir()), f"{DEFAULT_SOCKET} is a folder with content; look at it and remove it"
+        DEFAULT_SOCKET.rmdir()
+
+
 @pytest.fixture(scope="module")
 def installed(harness, release, tmp_path_factory) -> dict:
     """On an empty air-gapped engine, with no network: the kit installs airgap-install, which installs v0.3.5 (compose v2)."""
     harness.reset_target()
+    clear_default_socket_leftover()
+    socket_before = default_socket_state()
     site = tmp_path_factory.mktemp("site")
     in_namespace(harness, "sh", str(release["kit"] / "install.sh"), "--prefix", str(site / "tool"), "--no-link")
     tool = site / "tool" / "bin" / "airgap-install"
     prefix = site / "aimatrix"
     result = in_namespace(harness, str(tool), "install", str(release["archive"]), "--pubkey", str(release["pubkey"]),
                           "--prefix", str(prefix), "--timeout", "180", "--compose", "v2")
-    return {"prefix": prefix, "stdout": result.stdout, "stderr": result.stderr, "tool": tool}
+    return {"prefix": prefix, "stdout": result.stdout, "stderr": result.stderr, "tool": tool,
+            "default_socket": (socket_before, default_socket_state())}
 
 
 def test_fresh_install_is_healthy_and_answers_inside_the_namespace(harness, installed, target_engine) -> None:
@@ -118,6 +140,72 @@ def test_fresh_install_is_healthy_and_answers_inside_the_namespace(harness, inst
     # and the host outside the namespace cannot reach it: the target is isolated
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", 8080), timeout=2).close()
+
+
+def test_the_docker_socket_mount_gets_the_target_engines_socket_and_nothing_is_left_at_the_default(
+        harness, release, installed, target_engine) -> None:
+    before, after = installed["default_socket"]
+    if before is None:
+        assert after is None and not os.path.lexists(DEFAULT_SOCKET), "the install left something at the host's default socket"
+    else:  # an engine of this host listens there: the install must not have touched it
+        assert after == before
+    engine_socket = harness.target_docker_host[len("unix://"):]
+    override = installed["prefix"] / "releases" / TAG / "docker-compose.site.yml"
+    assert engine_socket in override.read_text()
+    [hub] = target_engine.containers.list(filters={"label": [f"com.docker.compose.project={PROJECT}",
+                                                             "com.docker.compose.service=jupyterhub"]})
+    [socket_mount] = [m for m in hub.attrs["Mounts"] if m["Destination"] == "/var/run/docker.sock"]
+    assert socket_mount["Type"] == "bind" and socket_mount["Source"] == engine_socket and socket_mount["RW"] is False
+    assert hub.exec_run(["test", "-S", "/var/run/docker.sock"]).exit_code == 0
+    # the preflight of the same archive lists the mapping as passed
+    preflight = airgap_install(harness, "preflight", str(release["archive"]), "--prefix", str(installed["prefix"]))
+    assert (f"ok   host path /var/run/docker.sock (jupyterhub): jupyterhub mounts /var/run/docker.sock "
+            f"(here {engine_socket}): the engine's socket") in preflight.stderr
+
+
+def _archive_with_host_mount(folder: Path, source: str) -> tuple[Path, Path]:
+    """A small signed archive (no images) whose service ``worker`` bind-mounts ``source`` from the host."""
+    from installer.archive import ArchiveWriter, BundleHeader
+    from installer.signing import fingerprint, generate_keypair, load_private_key, sign
+
+    private_path, public_path, _ = generate_keypair(folder / "mounts.key")
+    private = load_private_key(private_path)
+    archive = folder / "mounts-v1.tar.zst"
+    compose = f"services:\n  worker:\n    image: mounts/worker:v1\n    volumes:\n      - {source}:/data\n".encode()
+    with ArchiveWriter(archive, header_reserve=64 * 1024) as writer:
+        writer.add_bytes("release/docker-compose.yml", compose)
+        header = BundleHeader(
+            name="mounts", version="v1", tool_version="test", platform="linux/amd64", created="1970-01-01T00:00:00Z",
+            signer=fingerprint(private.public_key()), images=[], members=list(writer.members),
+            release={"project": "mounts", "services": ["worker"],
+                     "host_mounts": [{"service": "worker", "source": source, "target": "/data", "read_only": False}]},
+        )
+        data = header.to_bytes()
+        writer.finish(data, sign(private, data))
+    return archive, public_path
+
+
+def test_a_missing_bind_mount_source_is_refused_by_preflight_with_nothing_changed(harness, target_engine, tmp_path) -> None:
+    archive, pubkey = _archive_with_host_mount(tmp_path, "/nonexistent/x")
+    prefix = tmp_path / "site"
+    before_engine = engine_snapshot(target_engine)
+    result = airgap_install(harness, "install", str(archive), "--pubkey", str(pubkey), "--prefix", str(prefix), check=False)
+    assert result.returncode == 2, result.stderr
+    assert ("FAIL host path /nonexistent/x (worker): worker bind-mounts /nonexistent/x, which does not exist on this host"
+            in result.stderr)
+    assert "preflight failed: 1 check(s) did not pass; nothing was changed" in result.stderr
+    assert "create /nonexistent/x" in result.stderr
+    assert engine_snapshot(target_engine) == before_engine
+    assert not prefix.exists() and not os.path.lexists("/nonexistent")
+
+
+def test_a_remote_engine_cannot_be_handed_to_a_container(harness, release, tmp_path) -> None:
+    result = in_namespace(harness, "env", "DOCKER_HOST=tcp://127.0.0.1:2375", sys.executable, "-m", "installer.cli",
+                          "preflight", str(release["archive"]), "--prefix", str(tmp_path / "site"), check=False)
+    assert result.returncode == 2
+    assert ("FAIL host path /var/run/docker.sock (jupyterhub): jupyterhub mounts the Docker socket /var/run/docker.sock, "
+            "but DOCKER_HOST=tcp://127.0.0.1:2375 is not a unix socket: a container cannot be handed a remote engine's "
+            "socket") in result.stderr
 
 
 def test_site_config_layout_and_modes(installed) -> None:
