@@ -137,7 +137,7 @@ def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeou
 
     \b
     In order, stopping at the first failure:
-      1. preflight: engine, compose CLI, disk, published ports, platform (nothing changes)
+      1. preflight: engine, compose CLI, disk, published ports, platform, host paths (nothing changes)
       2. verify: signature, then every member's sha256 (nothing changes)
       3. load only the images and layers the engine lacks, streamed from the archive
       4. tag every name the stack uses (aliases, runtime names) from the loaded image IDs
