@@ -343,7 +343,8 @@ def verify_command(archive: Path, pubkeys: tuple[Path, ...]) -> None:
     """Check the signature, then every member's size and sha256. Exit 1 naming what failed."""
     keys = load_public_keys(pubkeys)
     try:
-        verified = verify_archive(archive, keys)
+        with verify_archive(archive, keys) as verified:
+            pass
     except VerificationError as exc:
         click.echo(f"airgap-bundle: verify FAILED: {archive}", err=True)
         for problem in exc.problems:

@@ -16,7 +16,8 @@ from .archive import VerificationError, verify_archive
 from .archive.reader import ArchiveFormatError
 from .compose import ComposeError, ComposeProject, find_compose
 from .health import service_states, wait_until_ready
-from .install import InstallError, InstallOptions, install, prefix_lock, prepare_host_paths, preflight, rollback
+from .install import (InstallError, InstallOptions, install, open_for_install, prefix_lock, prepare_host_paths, preflight,
+                      rollback)
 from .signing import KeyFileError
 from .childenv import child_environment
 from .site import ENV_FILE, SiteError, active_release, parse_sets, read_env, read_release_header
@@ -103,6 +104,8 @@ def install_options(command: Callable) -> Callable:
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a site variable (or secret); repeatable."),
         click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for the stack to be healthy."),
         click.option("--allow-downgrade", is_flag=True, help="Install a release older than the active one (compared by signed version)."),
+        click.option("--replace-same-version", is_flag=True,
+                     help="Install a different archive of a version already installed, replacing that release."),
         click.option("--insecure-skip-signature", "allow_untrusted", is_flag=True,
                      help="DANGER: accept an unsigned archive or one signed by an unknown key (digests are still checked)."),
         compose_option,
@@ -111,13 +114,14 @@ def install_options(command: Callable) -> Callable:
     return command
 
 
-def _run_install(archive: Path, pubkeys, prefix, sets, timeout, allow_downgrade, allow_untrusted, compose_preference,
-                 require_existing: bool) -> None:
+def _run_install(archive: Path, pubkeys, prefix, sets, timeout, allow_downgrade, replace_same_version, allow_untrusted,
+                 compose_preference, require_existing: bool) -> None:
     if allow_untrusted:
         say("WARNING: --insecure-skip-signature: the archive's origin will NOT be checked")
     options = InstallOptions(archive=archive, keys=trusted_keys(pubkeys), prefix=prefix, sets=parse_sets(sets), timeout=timeout,
                              allow_untrusted=allow_untrusted, compose_preference=compose_preference,
-                             allow_downgrade=allow_downgrade, require_existing=require_existing)
+                             allow_downgrade=allow_downgrade, require_existing=require_existing,
+                             replace_same_version=replace_same_version)
     if not options.keys and not allow_untrusted:
         raise InstallError(f"no trusted public key: pass --pubkey FILE, or put the release key in {SYSTEM_TRUST_DIR}")
     result = install(options, say)
@@ -132,7 +136,7 @@ def _run_install(archive: Path, pubkeys, prefix, sets, timeout, allow_downgrade,
 @install_options
 @friendly_errors
 def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeout: float, allow_downgrade: bool,
-                    allow_untrusted: bool, compose_preference: Optional[str]) -> None:
+                    replace_same_version: bool, allow_untrusted: bool, compose_preference: Optional[str]) -> None:
     """Check the host, verify the archive, load what is missing, write the site config, start, wait until healthy.
 
     \b
@@ -143,17 +147,19 @@ def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeou
       4. tag every name the stack uses (aliases, runtime names) from the loaded image IDs
       5. write PREFIX/releases/<version>, PREFIX/current and PREFIX/site.env (0600, secrets generated here)
       6. compose up without pulling; wait for health checks and one-shot services; print the endpoints
-    Installing the same archive again changes nothing. Installing a newer release is an upgrade
-    (see 'upgrade'); an older one is refused without --allow-downgrade.
+    Installing the same archive again changes nothing; another archive of a version already installed is
+    refused without --replace-same-version. Installing a newer release is an upgrade (see 'upgrade');
+    an older one is refused without --allow-downgrade (versions compared by SemVer precedence).
     """
-    _run_install(archive, pubkeys, prefix, sets, timeout, allow_downgrade, allow_untrusted, compose_preference, False)
+    _run_install(archive, pubkeys, prefix, sets, timeout, allow_downgrade, replace_same_version, allow_untrusted,
+                 compose_preference, False)
 
 
 @main.command("upgrade")
 @install_options
 @friendly_errors
 def upgrade_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeout: float, allow_downgrade: bool,
-                    allow_untrusted: bool, compose_preference: Optional[str]) -> None:
+                    replace_same_version: bool, allow_untrusted: bool, compose_preference: Optional[str]) -> None:
     """Move an installed site to a newer release (a full or a delta archive); roll back if it fails.
 
     Same steps as 'install', on a host that has a release: only missing layers are loaded, the
@@ -161,7 +167,8 @@ def upgrade_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeou
     release does not become healthy the previous one is switched back and brought up, and
     the command says so (exit 3). Data volumes are kept throughout.
     """
-    _run_install(archive, pubkeys, prefix, sets, timeout, allow_downgrade, allow_untrusted, compose_preference, True)
+    _run_install(archive, pubkeys, prefix, sets, timeout, allow_downgrade, replace_same_version, allow_untrusted,
+                 compose_preference, True)
 
 
 @main.command("rollback")
@@ -178,15 +185,26 @@ def rollback_command(prefix: Optional[Path], timeout: float, compose_preference:
 
 @main.command("preflight")
 @click.argument("archive", type=click.Path(path_type=Path))
+@pubkey_option
 @prefix_option
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Site variable as install would use it.")
 @compose_option
+@click.option("--insecure-skip-signature", "allow_untrusted", is_flag=True,
+              help="Read an unsigned or unknown-signer archive's header anyway (its checks then prove nothing).")
 @friendly_errors
-def preflight_command(archive: Path, prefix: Optional[Path], sets, compose_preference) -> None:
-    """Run the install's host checks alone; list every failed check and what to do. Changes nothing."""
-    options = InstallOptions(archive=archive, keys=[], prefix=prefix, sets=parse_sets(sets), compose_preference=compose_preference)
-    say(f"preflight: {archive}")
-    preflight(options, say)
+def preflight_command(archive: Path, pubkeys, prefix: Optional[Path], sets, compose_preference, allow_untrusted) -> None:
+    """Run the install's host checks alone; list every failed check and what to do. Changes nothing.
+
+    The archive's signature is checked first (a few kilobytes read): the checks
+    read only a header its trusted signer wrote.
+    """
+    options = InstallOptions(archive=archive, keys=trusted_keys(pubkeys), prefix=prefix, sets=parse_sets(sets),
+                             compose_preference=compose_preference, allow_untrusted=allow_untrusted)
+    if not options.keys and not allow_untrusted:
+        raise InstallError(f"no trusted public key: pass --pubkey FILE, or put the release key in {SYSTEM_TRUST_DIR}")
+    with open_for_install(options, say) as bundle:
+        say(f"preflight: {archive}")
+        preflight(options, say, bundle)
     say("preflight passed")
 
 
@@ -198,13 +216,13 @@ def verify_command(archive: Path, pubkeys: tuple[Path, ...]) -> None:
     """Check the archive's signature and every member's sha256; change nothing."""
     keys = trusted_keys(pubkeys)
     try:
-        verified = verify_archive(archive, keys)
+        with verify_archive(archive, keys) as verified:
+            header = verified.header
     except VerificationError as exc:
         click.echo(f"airgap-install: verify FAILED: {archive}", err=True)
         for problem in exc.problems:
             click.echo(f"  - {problem}", err=True)
         sys.exit(1)
-    header = verified.header
     click.echo(f"OK: {header.name} {header.version}: signed by {verified.signer}; {len(header.members)} members checked")
 
 

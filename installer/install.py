@@ -19,7 +19,7 @@ import docker
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import engine as engine_ops
-from .archive import BundleHeader, VerificationError, read_header, verify_archive
+from .archive import BundleHeader, VerificationError, VerifiedBundle, open_signed
 from .compose import ComposeError, ComposeProject
 from .health import ServiceState, last_log_lines, wait_until_ready
 from .hostpaths import HostPathError, write_site_override
@@ -35,6 +35,7 @@ from .site import (
     mark_healthy,
     read_env,
     read_release_header,
+    release_dir,
     resolve_env,
     rollback_target,
     step_back,
@@ -70,6 +71,7 @@ class InstallOptions:
     compose_preference: Optional[str] = None
     allow_downgrade: bool = False
     require_existing: bool = False
+    replace_same_version: bool = False
 
 
 @dataclass
@@ -133,13 +135,24 @@ def prefix_lock(prefix: Path, wait: bool = True, say: Optional[Say] = None) -> I
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def preflight(options: InstallOptions, say: Say) -> tuple[BundleHeader, Path, PreflightReport, dict[str, str]]:
-    """Read the header (unverified) and run every preflight check; raise InstallError listing failures."""
+def open_for_install(options: InstallOptions, say: Say) -> VerifiedBundle:
+    """Hold the archive open and check its signature (a few kilobytes read): nothing reads the header before."""
     try:
-        header, _, _ = read_header(options.archive)
+        bundle = open_signed(options.archive, options.keys, allow_untrusted=options.allow_untrusted)
     except VerificationError as exc:
-        raise InstallError(str(exc)) from None
-    prefix = options.prefix or Path("/opt") / header.name
+        raise InstallError(f"verification failed; nothing was changed: {exc}", getattr(exc, "problems", [])) from None
+    for warning in bundle.warnings:
+        say(f"WARNING: {warning}")
+    header = bundle.header
+    say(f"signature: {header.name} {header.version} signed by {bundle.signer or 'NOBODY (override in force)'}")
+    return bundle
+
+
+def preflight(options: InstallOptions, say: Say, bundle: VerifiedBundle,
+              prefix: Optional[Path] = None) -> tuple[Path, PreflightReport, dict[str, str]]:
+    """Run every preflight check on the signed header; raise InstallError listing failures."""
+    header = bundle.header
+    prefix = prefix or options.prefix or Path("/opt") / header.name
     try:
         values = resolve_env(header, read_env(prefix / ENV_FILE), options.sets).values
     except SiteError as exc:
@@ -157,53 +170,58 @@ def preflight(options: InstallOptions, say: Say) -> tuple[BundleHeader, Path, Pr
             [f"{c.name}: {c.detail} -> {c.fix}" for c in report.failures()],
             exit_code=2,
         )
-    return header, prefix, report, values
+    return prefix, report, values
 
 
 def install(options: InstallOptions, say: Say) -> InstallResult:
-    """Run the whole install; raise InstallError (nothing changed before verification passed)."""
+    """Run the whole install; raise InstallError (nothing changed before verification passed).
+
+    The archive is opened once: its signature is checked first, then preflight
+    reads the signed header, then every member's digest is checked, and every
+    later read (images, release files, the stored header) goes through that
+    same held archive, never through the path again.
+    """
     started = time.monotonic()
     clock = PhaseClock()
-    prefix = options.prefix or _prefix_from_archive(options.archive)
-    with prefix_lock(prefix, say=say):
-        clock.lap("lock")
-        say(f"preflight: {options.archive}")
-        header, prefix, report, _ = preflight(options, say)
-        assert report.load_plan is not None and report.compose is not None
-        clock.lap("preflight")
-        header = verify_for_install(options, prefix, say)
-        refuse_delta_without_base(header, report.load_plan)
-        clock.lap("verify")
-        client = engine_ops.connect()
-        loaded = load_missing(client, options.archive, header, report.load_plan, say)
-        tagged = fill_in_names(client, header, say)
-        clock.lap("load")
-        release, env = write_site(prefix, options, header, say)
-        fallback = last_healthy(prefix)
-        activate(prefix, release)
-        clock.lap("site")
-        project = ComposeProject(report.compose, header.release.get("project", header.name), release, prefix / ENV_FILE)
-        states = up_or_roll_back(client, prefix, project, header, fallback, options.timeout, say)
-        clock.lap("up")
-        return InstallResult(prefix=prefix, release=release, loaded_images=loaded, loaded_layer_bytes=report.load_plan.layer_bytes,
-                             tagged=tagged, generated_secrets=env.generated, states=states,
-                             endpoints=resolve_endpoints(header, env.values), seconds=time.monotonic() - started,
-                             timings=clock.timings)
+    with open_for_install(options, say) as bundle:
+        header = bundle.header
+        prefix = options.prefix or Path("/opt") / header.name
+        with prefix_lock(prefix, say=say):
+            clock.lap("lock")
+            say(f"preflight: {options.archive}")
+            prefix, report, _ = preflight(options, say, bundle, prefix)
+            assert report.load_plan is not None and report.compose is not None
+            clock.lap("preflight")
+            verify_members(bundle, say)
+            check_version_order(prefix, header, options)
+            refuse_delta_without_base(header, report.load_plan)
+            clock.lap("verify")
+            client = engine_ops.connect()
+            loaded = load_missing(client, bundle, report.load_plan, say)
+            tagged = fill_in_names(client, header, say)
+            clock.lap("load")
+            release, env = write_site(prefix, options, bundle, say)
+            fallback = last_healthy(prefix)
+            activate(prefix, release)
+            clock.lap("site")
+            project = ComposeProject(report.compose, header.release.get("project", header.name), release, prefix / ENV_FILE)
+            states = up_or_roll_back(client, prefix, project, header, fallback, options.timeout, say)
+            clock.lap("up")
+            return InstallResult(prefix=prefix, release=release, loaded_images=loaded,
+                                 loaded_layer_bytes=report.load_plan.layer_bytes, tagged=tagged,
+                                 generated_secrets=env.generated, states=states,
+                                 endpoints=resolve_endpoints(header, env.values), seconds=time.monotonic() - started,
+                                 timings=clock.timings)
 
 
-def verify_for_install(options: InstallOptions, prefix: Path, say: Say) -> BundleHeader:
-    """Signature, then every member's digest, then the version order; the signed header."""
-    say("verify: signature, then every member's sha256")
+def verify_members(bundle: VerifiedBundle, say: Say) -> None:
+    """Every member's size and sha256 against the signed header, read from the held archive."""
+    say("verify: every member's sha256 against the signed header")
     try:
-        verified = verify_archive(options.archive, options.keys, allow_untrusted=options.allow_untrusted)
+        bundle.check_members()
     except VerificationError as exc:
         raise InstallError(f"verification failed; nothing was changed: {exc}", getattr(exc, "problems", [])) from None
-    for warning in verified.warnings:
-        say(f"WARNING: {warning}")
-    header = verified.header
-    say(f"  ok: {header.name} {header.version} signed by {verified.signer or 'NOBODY (override in force)'}")
-    check_version_order(prefix, header, options)
-    return header
+    say(f"  ok: {len(bundle.header.members)} members")
 
 
 def refuse_delta_without_base(header: BundleHeader, plan: LoadPlan) -> None:
@@ -218,23 +236,26 @@ def refuse_delta_without_base(header: BundleHeader, plan: LoadPlan) -> None:
         )
 
 
-def load_missing(client: docker.DockerClient, archive: Path, header: BundleHeader, plan: LoadPlan, say: Say) -> list[str]:
-    """Stream what the engine lacks into its load; return the names it reported."""
+def load_missing(client: docker.DockerClient, bundle: VerifiedBundle, plan: LoadPlan, say: Say) -> list[str]:
+    """Stream what the engine lacks from the held, verified archive into its load; return the names it reported."""
+    bundle.require_checked()
     if plan.empty:
         say("load: the engine already has every image; nothing to load")
         return []
     say(f"load: {len(plan.images)} image(s), {len(plan.layers)} layer(s), {plan.layer_bytes / 1e6:.1f} MB "
         f"(the engine has {len(plan.present_images)} image(s) already)")
     try:
-        return engine_ops.load(client, read_ahead(docker_archive_stream(archive, header, plan)))
+        return engine_ops.load(client, read_ahead(docker_archive_stream(bundle.handle, bundle.header, plan)))
     except VerificationError as exc:
         raise InstallError(f"load aborted: {exc}") from None
 
 
-def write_site(prefix: Path, options: InstallOptions, header: BundleHeader, say: Say) -> tuple[Path, SiteEnv]:
-    """The release folder and the environment file (secrets generated once, kept afterwards)."""
+def write_site(prefix: Path, options: InstallOptions, bundle: VerifiedBundle, say: Say) -> tuple[Path, SiteEnv]:
+    """The release folder (from the held, verified archive) and the environment file (secrets generated once)."""
+    bundle.require_checked()
+    header = bundle.header
     env = resolve_env(header, read_env(prefix / ENV_FILE), options.sets)
-    release = write_release(prefix, options.archive, header, read_header(options.archive)[1])
+    release = write_release(prefix, bundle.handle, header, bundle.header_bytes)
     if env.changed or not (prefix / ENV_FILE).exists():
         write_env(prefix / ENV_FILE, env, header)
     if env.generated:
@@ -256,24 +277,20 @@ def up_or_roll_back(client: docker.DockerClient, prefix: Path, project: ComposeP
     return states
 
 
-def _prefix_from_archive(archive: Path) -> Path:
-    try:
-        return Path("/opt") / read_header(archive)[0].name
-    except VerificationError as exc:
-        raise InstallError(str(exc)) from None
-
-
 def check_version_order(prefix: Path, header: BundleHeader, options: InstallOptions) -> None:
-    """Refuse a downgrade (by the signed version) and a bundle of another application."""
+    """Refuse a downgrade (by the signed version, SemVer precedence), a bundle of another application,
+    and another archive of a version already installed (the same archive again is a re-install)."""
     current = active_release(prefix)
     if current is None:
         if options.require_existing:
             raise InstallError(f"nothing is installed in {prefix}; use 'airgap-install install' for a first install")
+        refuse_another_archive_of_the_same_version(prefix, header, None, options)
         return
     active = read_release_header(current)
     if active.name != header.name:
         raise InstallError(f"{prefix} holds {active.name}, this archive is {header.name}; use another --prefix")
     order = compare(header.version, active.version)
+    refuse_another_archive_of_the_same_version(prefix, header, current if order == 0 else None, options)
     if options.allow_downgrade or order in (0, 1):
         return
     if order is None:
@@ -281,6 +298,30 @@ def check_version_order(prefix: Path, header: BundleHeader, options: InstallOpti
                            "pass --allow-downgrade to install it anyway")
     raise InstallError(f"refusing to downgrade {header.name} from {active.version} to {header.version} "
                        "(versions from the signed headers); use 'airgap-install rollback', or pass --allow-downgrade")
+
+
+def refuse_another_archive_of_the_same_version(prefix: Path, header: BundleHeader, active: Optional[Path],
+                                               options: InstallOptions) -> None:
+    """The same archive again is a re-install; another archive of the same version would replace a release in place.
+
+    Checked against the release folder of this version and, if its version is the same by precedence
+    (``v1.0`` and ``v1.0.0``), the active release: their stored signed headers must equal this one.
+    """
+    if options.replace_same_version:
+        return
+    same_folder = release_dir(prefix, header.version).resolve()
+    for release in dict.fromkeys(r for r in (same_folder, active) if r is not None):
+        try:
+            stored: Optional[BundleHeader] = read_release_header(release)
+        except FileNotFoundError:
+            continue  # no release of this version here
+        except (OSError, ValueError):
+            stored = None  # unreadable: not provably the same archive
+        if stored != header:
+            raise InstallError(
+                f"a different archive of the same version is installed: {release} holds another signed header "
+                f"than this {header.name} {header.version} archive; pass --replace-same-version to replace it "
+                "(or give the new build a new version)")
 
 
 def roll_back_after_failure(client: docker.DockerClient, prefix: Path, project: ComposeProject, fallback: Path,

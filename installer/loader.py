@@ -16,7 +16,6 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator, Optional, TypeVar
 
 from .archive import (
@@ -28,6 +27,7 @@ from .archive import (
     config_path,
     layer_path,
 )
+from .archive.reader import ArchiveSource
 from .archive.layout import DATA_BLOCK, END_OF_ARCHIVE, padding_for
 from .archive.writer import tar_header
 from .engine import EngineInventory, chain_ids
@@ -74,12 +74,12 @@ def missing_members_in_archive(header: BundleHeader, plan: LoadPlan) -> list[str
 
 
 def docker_archive_stream(
-    archive: Path, header: BundleHeader, plan: LoadPlan, progress: Optional[Callable[[int], None]] = None
+    archive: ArchiveSource, header: BundleHeader, plan: LoadPlan, progress: Optional[Callable[[int], None]] = None
 ) -> Iterator[bytes]:
-    """Yield a docker-archive tar of ``plan`` read from ``archive``.
+    """Yield a docker-archive tar of ``plan`` read from ``archive`` (the installer gives the verified, held archive).
 
-    The archive was verified before, but the file could change in between, so
-    the chain of trust is re-checked where it is cheap: each config (small) is
+    The held archive cannot be swapped, but its bytes are re-checked where it is
+    cheap, in case the medium serves other bytes on a second read: each config (small) is
     read whole and compared with the signed header before any of it is sent,
     and the engine itself checks every layer against the diffIDs of that
     verified config (``docker load`` refuses a layer that does not match).

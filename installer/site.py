@@ -13,6 +13,7 @@ Every write goes to a temporary name first and is renamed into place.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets as secret_source
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .archive import HEADER_NAME, RELEASE_DIR, BundleHeader, FramedArchiveReader
+from .archive.reader import ArchiveSource
 
 ENV_FILE = "site.env"
 DATA = "data"
@@ -160,11 +162,14 @@ def release_dir(prefix: Path, version: str) -> Path:
     return prefix / RELEASES / version
 
 
-def write_release(prefix: Path, archive: Path, header: BundleHeader, header_bytes: bytes) -> Path:
-    """Unpack the release files (compose config, shipped files, header) into their folder.
+def write_release(prefix: Path, archive: ArchiveSource, header: BundleHeader, header_bytes: bytes) -> Path:
+    """Unpack the release files (compose config, shipped files, the signed header) into their folder.
 
-    Written beside the final folder and renamed into place, so a folder
-    under ``releases/`` is always complete. An identical existing folder is kept.
+    ``archive`` is the verified archive, held open; each file is checked against
+    the signed header's sha256 as it is written, a member met twice or not listed
+    is refused, and the folder is staged beside the final one and renamed into
+    place only when complete, so a folder under ``releases/`` is always whole and genuine.
+    An identical existing folder is kept.
     """
     target = release_dir(prefix, header.version)
     if target.is_dir() and (target / HEADER_NAME).is_file() and (target / HEADER_NAME).read_bytes() == header_bytes:
@@ -173,20 +178,37 @@ def write_release(prefix: Path, archive: Path, header: BundleHeader, header_byte
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     expected = {m.path: m for m in header.members if m.path.startswith(RELEASE_DIR + "/")}
+    written: set[str] = set()
     with FramedArchiveReader(archive) as reader:  # steps over the images without decompressing them
         for member in reader.members():
-            if member.name not in expected:
+            if not member.name.startswith(RELEASE_DIR + "/"):
                 continue
+            record = expected.get(member.name)
+            if record is None or member.name in written:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise SiteError(f"release member {member.name!r} is " + ("duplicated" if record else "not in the signed header")
+                                + "; the archive changed after verification, nothing was installed")
             relative = Path(member.name[len(RELEASE_DIR) + 1:])
             destination = (staging / relative).resolve()
             if staging.resolve() not in destination.parents:
                 raise SiteError(f"release member {member.name!r} points outside the release folder")
             destination.parent.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256()
             with open(destination, "wb") as handle:
                 for chunk in member.chunks():
+                    digest.update(chunk)
                     handle.write(chunk)
+            if digest.hexdigest() != record.sha256:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise SiteError(f"release member {member.name!r} does not match the signed header; the archive changed "
+                                "after verification, nothing was installed")
+            written.add(member.name)
             if relative.suffix == ".sh":
                 destination.chmod(0o755)
+    missing = sorted(set(expected) - written)
+    if missing:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SiteError(f"release member(s) missing from the archive: {', '.join(missing[:3])}; nothing was installed")
     (staging / HEADER_NAME).write_bytes(header_bytes)
     _link_site_paths(prefix, staging, header)
     if target.exists():

@@ -158,7 +158,7 @@ def test_the_docker_socket_mount_gets_the_target_engines_socket_and_nothing_is_l
     assert socket_mount["Type"] == "bind" and socket_mount["Source"] == engine_socket and socket_mount["RW"] is False
     assert hub.exec_run(["test", "-S", "/var/run/docker.sock"]).exit_code == 0
     # the preflight of the same archive lists the mapping as passed
-    preflight = airgap_install(harness, "preflight", str(release["archive"]), "--prefix", str(installed["prefix"]))
+    preflight = airgap_install(harness, "preflight", str(release["archive"]), "--pubkey", str(release["pubkey"]), "--prefix", str(installed["prefix"]))
     assert (f"ok   host path /var/run/docker.sock (jupyterhub): jupyterhub mounts /var/run/docker.sock "
             f"(here {engine_socket}): the engine's socket") in preflight.stderr
 
@@ -201,7 +201,7 @@ def test_a_missing_bind_mount_source_is_refused_by_preflight_with_nothing_change
 
 def test_a_remote_engine_cannot_be_handed_to_a_container(harness, release, tmp_path) -> None:
     result = in_namespace(harness, "env", "DOCKER_HOST=tcp://127.0.0.1:2375", sys.executable, "-m", "installer.cli",
-                          "preflight", str(release["archive"]), "--prefix", str(tmp_path / "site"), check=False)
+                          "preflight", str(release["archive"]), "--pubkey", str(release["pubkey"]), "--prefix", str(tmp_path / "site"), check=False)
     assert result.returncode == 2
     assert ("FAIL host path /var/run/docker.sock (jupyterhub): jupyterhub mounts the Docker socket /var/run/docker.sock, "
             "but DOCKER_HOST=tcp://127.0.0.1:2375 is not a unix socket: a container cannot be handed a remote engine's "
@@ -320,7 +320,7 @@ def test_preflight_catches_a_busy_port_and_too_little_disk(harness, release, tmp
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(small)], check=True)
     try:
         time.sleep(0.5)
-        result = airgap_install(harness, "preflight", str(release["archive"]), "--prefix", str(small / "site"),
+        result = airgap_install(harness, "preflight", str(release["archive"]), "--pubkey", str(release["pubkey"]), "--prefix", str(small / "site"),
                                 "--set", "NGINX_PORT=18080", check=False)
     finally:
         listener.kill()
@@ -332,10 +332,10 @@ def test_preflight_catches_a_busy_port_and_too_little_disk(harness, release, tmp
 
 
 def test_bad_site_value_is_refused_with_its_name(harness, release, tmp_path) -> None:
-    result = airgap_install(harness, "preflight", str(release["archive"]), "--prefix", str(tmp_path / "s"),
+    result = airgap_install(harness, "preflight", str(release["archive"]), "--pubkey", str(release["pubkey"]), "--prefix", str(tmp_path / "s"),
                             "--set", "NGINX_PORT=eighty", check=False)
     assert result.returncode == 1 and "NGINX_PORT: 'eighty' does not match" in result.stderr
-    unknown = airgap_install(harness, "preflight", str(release["archive"]), "--prefix", str(tmp_path / "s"),
+    unknown = airgap_install(harness, "preflight", str(release["archive"]), "--pubkey", str(release["pubkey"]), "--prefix", str(tmp_path / "s"),
                              "--set", "NOPE=1", check=False)
     assert unknown.returncode == 1 and "--set NOPE: not a variable of aimatrix" in unknown.stderr
 

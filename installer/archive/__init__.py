@@ -19,15 +19,15 @@ from .layout import (
     layer_path,
     release_path,
 )
-from .reader import ArchiveFormatError, FramedArchiveReader, FramedMember, SignedHeader
-from .verify import VerificationError, VerifiedBundle, check_signature, read_header, verify_archive
+from .reader import ArchiveFormatError, ArchiveHandle, FramedArchiveReader, FramedMember, SignedHeader
+from .verify import VerificationError, VerifiedBundle, check_signature, open_signed, read_header, verify_archive
 from .writer import ArchiveWriteError, ArchiveWriter
 
 __all__ = [
-    "ArchiveFormatError", "ArchiveWriteError", "ArchiveWriter", "BundleHeader",
+    "ArchiveFormatError", "ArchiveHandle", "ArchiveWriteError", "ArchiveWriter", "BundleHeader",
     "FramedArchiveReader", "FramedMember",
     "FORMAT", "HEADER_NAME", "HeaderError", "IMAGES_DIR", "IMAGES_MANIFEST", "ImageRecord",
     "MemberRecord", "RELEASE_DIR", "SIGNATURE_NAME", "SignedHeader",
-    "VerificationError", "VerifiedBundle", "check_signature", "config_path", "digest_hex",
+    "VerificationError", "VerifiedBundle", "check_signature", "config_path", "digest_hex", "open_signed",
     "layer_path", "read_header", "release_path", "verify_archive",
 ]

@@ -11,14 +11,15 @@ by frame.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Optional
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Union
 
 from .frames import Frame, FrameError, FrameWalker, decompress_frame, decompress_stream
 from .layout import CHUNK, DATA_BLOCK, HEADER_NAME, SIGNATURE_NAME, check_member_name, padding_for
 from .tarstream import TarEntry, TarStream, TarStreamError
-from .parts import PartsError, PartsReader, find_index
+from .parts import PartsError, PartsReader, check_parts, find_index
 
 
 class ArchiveFormatError(Exception):
@@ -50,8 +51,110 @@ def _next_file(tar: TarStream, previous: str, path: Path) -> Optional[TarEntry]:
     return entry
 
 
-def _open_archive(path: Path) -> BinaryIO:
-    """The archive's compressed bytes: the file, or its parts read as one."""
+class _HeldFile:
+    """A read-only view of an open file descriptor with its own position (reads with pread)."""
+
+    def __init__(self, fd: int):
+        self._fd, self._at = fd, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            size = max(os.fstat(self._fd).st_size - self._at, 0)
+        data = os.pread(self._fd, size, self._at)
+        self._at += len(data)
+        return data
+
+    def close(self) -> None:
+        """Nothing to release: the descriptor belongs to the handle."""
+
+
+class _Chained:
+    """Several held files read as one (the parts of a split archive, in order)."""
+
+    def __init__(self, files: list[_HeldFile]):
+        self._files, self._index = files, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        out = bytearray()
+        while self._index < len(self._files) and (size < 0 or len(out) < size):
+            chunk = self._files[self._index].read(-1 if size < 0 else size - len(out))
+            if not chunk:
+                self._index += 1
+                continue
+            out += chunk
+        return bytes(out)
+
+    def close(self) -> None:
+        """Nothing to release: the descriptors belong to the handle."""
+
+
+class ArchiveHandle:
+    """An archive held open: its file (or every part of a split one) is opened once, here.
+
+    Every later read goes to those same open files, whatever then happens to the
+    path: a file renamed over it, or replaced on removable media, is never read.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            index = find_index(self.path)
+            files = [index.with_name(p.name) for p in check_parts(index, digests=False)] if index else [self.path]
+        except PartsError as exc:
+            raise ArchiveFormatError(str(exc)) from None
+        self.split = index is not None
+        self._fds: list[int] = []
+        try:
+            for file in files:
+                self._fds.append(os.open(file, os.O_RDONLY | os.O_CLOEXEC))
+        except IsADirectoryError:
+            self.close()
+            raise ArchiveFormatError(f"{self.path}: a folder, but it holds no split archive") from None
+        except FileNotFoundError:
+            self.close()
+            raise ArchiveFormatError(f"{self.path}: no such file") from None
+        except OSError as exc:
+            self.close()
+            raise ArchiveFormatError(f"{self.path}: cannot open ({exc.strerror})") from None
+
+    def open(self) -> BinaryIO:
+        """A fresh reader from the start of the held bytes (readers do not disturb one another)."""
+        if not self._fds:
+            raise ArchiveFormatError(f"{self.path}: the archive handle is closed")
+        files = [_HeldFile(fd) for fd in self._fds]
+        return (files[0] if len(files) == 1 else _Chained(files))  # type: ignore[return-value]
+
+    def size(self) -> int:
+        """Compressed bytes held, all parts together."""
+        return sum(os.fstat(fd).st_size for fd in self._fds)
+
+    def close(self) -> None:
+        """Release the files."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def __enter__(self) -> "ArchiveHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+ArchiveSource = Union[Path, str, ArchiveHandle]
+
+
+def _open_archive(path: ArchiveSource) -> BinaryIO:
+    """The archive's compressed bytes: the held handle, the file, or its parts read as one."""
+    if isinstance(path, ArchiveHandle):
+        return path.open()
+    path = Path(path)
     try:
         index = find_index(path)
         return PartsReader(index) if index else open(path, "rb")  # type: ignore[return-value]
@@ -133,9 +236,9 @@ class FramedArchiveReader:
     when the next one is asked for. Open one reader per pass.
     """
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._file = _open_archive(self.path)
+    def __init__(self, source: ArchiveSource):
+        self.path = source.path if isinstance(source, ArchiveHandle) else Path(source)
+        self._file = _open_archive(source)
         self._frames = FrameWalker(self._file).frames()
         self._plain = b""
         self._plain_at = 0

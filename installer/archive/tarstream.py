@@ -15,6 +15,12 @@ from typing import Callable, Iterator, Optional
 from .layout import BLOCK, CHUNK, padding_for
 
 
+# Bounds on what a tar stream may ask to be read before its data: extended (PAX) headers and GNU
+# long names are read whole, so a forged size must not make the reader buffer gigabytes.
+MAX_META_SIZE = 64 << 10
+MAX_META_HEADERS = 8
+
+
 class TarStreamError(Exception):
     """The stream is not a well-formed tar; the message says where it broke."""
 
@@ -54,7 +60,7 @@ class TarStream:
         where = f"the entry after {previous!r}"
         pax: dict[str, str] = {}
         long_name: Optional[str] = None
-        while True:
+        for _ in range(MAX_META_HEADERS + 1):
             block = self.read_exact(BLOCK, where, allow_eof=True)
             if not block:
                 raise TarStreamError(f"the stream is truncated: it ends after {previous!r} with no end-of-archive marker")
@@ -64,6 +70,10 @@ class TarStream:
                 info = tarfile.TarInfo.frombuf(block, encoding="utf-8", errors="surrogateescape")
             except tarfile.HeaderError as exc:
                 raise TarStreamError(f"damaged tar header in {where} ({exc})") from None
+            if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) \
+                    and not 0 <= info.size <= MAX_META_SIZE:
+                raise TarStreamError(f"an extended tar header of {info.size} bytes in {where} "
+                                     f"(at most {MAX_META_SIZE} are accepted)")
             if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
                 pax.update(self._pax_records(info.size, where))
                 continue
@@ -71,9 +81,19 @@ class TarStream:
                 long_name = self.read_exact(info.size + len(padding_for(info.size)), where)[: info.size].rstrip(b"\0").decode(
                     "utf-8", "surrogateescape")
                 continue
+            if info.type == tarfile.GNUTYPE_LONGLINK:
+                self.read_exact(info.size + len(padding_for(info.size)), where)
+                continue
             break
+        else:
+            raise TarStreamError(f"more than {MAX_META_HEADERS} extended tar headers in a row in {where}")
         name = pax.get("path", long_name or info.name)
-        size = int(pax["size"]) if "size" in pax else info.size
+        try:
+            size = int(pax["size"]) if "size" in pax else info.size
+        except ValueError:
+            raise TarStreamError(f"damaged PAX header in {where} (size {pax['size'][:20]!r})") from None
+        if not 0 <= size < 1 << 62:
+            raise TarStreamError(f"an entry size of {size} in {where}")
         if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
             size = 0  # links, folders and devices carry no data
         self._current = TarEntry(name=name, size=size, type=info.type, linkname=pax.get("linkpath", info.linkname))
@@ -135,8 +155,10 @@ class TarStream:
         position = 0
         while position < len(data):
             try:
-                length_text, _ = data[position:].split(b" ", 1)
+                length_text, _ = data[position:position + 24].split(b" ", 1)
                 length = int(length_text)
+                if length <= len(length_text) + 1 or position + length > len(data):
+                    raise ValueError("record length")
                 record = data[position + len(length_text) + 1 : position + length - 1].decode("utf-8", "surrogateescape")
                 key, value = record.split("=", 1)
             except ValueError:

@@ -14,7 +14,7 @@ from ..signing import find_signer, fingerprint
 from .header import BundleHeader, HeaderError, MemberRecord
 from .layout import IMAGES_MANIFEST, config_path, layer_path
 from .parts import PartsError, check_parts, find_index
-from .reader import ArchiveFormatError, FramedArchiveReader, FramedMember, SignedHeader
+from .reader import ArchiveFormatError, ArchiveHandle, ArchiveSource, FramedArchiveReader, FramedMember, SignedHeader
 
 ProgressCallback = Callable[[int], None]
 
@@ -29,51 +29,157 @@ class VerificationError(Exception):
 
 @dataclass
 class VerifiedBundle:
-    """A bundle whose signature (unless waived) and digests all checked out."""
+    """The only handle to an archive after its signature checked out (unless waived).
+
+    It holds the archive open (``handle``) and the signed header's bytes; every
+    later read (members, images, ``release/`` files, the stored header) goes
+    through it, never through the path again. ``members_checked`` is set once
+    every member's size and sha256 matched the signed header: nothing may reach
+    the engine or the install directory before that.
+    """
 
     path: Path
     header: BundleHeader
     signer: Optional[str]
     signature_checked: bool
     warnings: list[str] = field(default_factory=list)
+    header_bytes: bytes = b""
+    handle: Optional[ArchiveHandle] = None
+    members_checked: bool = False
+
+    def reader(self) -> FramedArchiveReader:
+        """A reader of the held archive (not of whatever the path names now)."""
+        if self.handle is None:
+            raise VerificationError(f"{self.path}: the archive is no longer held open")
+        return FramedArchiveReader(self.handle)
+
+    def require_checked(self) -> None:
+        """Raise unless every member's digest has checked out."""
+        if not self.members_checked:
+            raise VerificationError(f"{self.path}: the archive's members were not verified yet")
+
+    def check_members(self, progress: Optional[ProgressCallback] = None) -> "VerifiedBundle":
+        """Stream every member of the held archive and check its size and sha256 against the signed header."""
+        problems = _structure_problems(self.header)
+        expected = {member.path: member for member in self.header.members}
+        seen: set[str] = set()
+        extra = 0
+        try:
+            with self.reader() as reader:
+                for member in reader.members():
+                    record = expected.get(member.name)
+                    if record is None or member.name in seen:
+                        extra += 1
+                        if extra <= MAX_REPORTED:
+                            problems.append(f"member {member.name!r} " + ("appears twice" if record else
+                                                                          "is not listed in the signed header"))
+                        if extra > MAX_EXTRA_MEMBERS:
+                            problems.append(f"more than {MAX_EXTRA_MEMBERS} members the signed header does not list; "
+                                            "stopped reading")
+                            break
+                        continue
+                    seen.add(member.name)
+                    if member.size != record.size:
+                        problems.append(f"member {member.name!r}: size {member.size}, the signed header says {record.size}")
+                        continue
+                    if not _digest_matches(member, record, progress):
+                        problems.append(f"member {member.name!r}: sha256 mismatch (content altered or damaged)")
+        except ArchiveFormatError as exc:
+            problems.append(str(exc))
+        if extra > MAX_REPORTED:
+            problems.append(f"{extra - MAX_REPORTED} more members not listed in the signed header")
+        missing = [name for name in expected if name not in seen]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            problems.append(f"{len(missing)} member(s) listed in the signed header are missing: {shown}")
+        if problems:
+            raise VerificationError(f"{self.path}: verification failed: " + "; ".join(problems[:MAX_REPORTED * 2]),
+                                    problems[:MAX_REPORTED * 2])
+        self.members_checked = True
+        return self
+
+    def close(self) -> None:
+        """Release the archive."""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> "VerifiedBundle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def _read_signed_header(path: Path) -> SignedHeader:
+MAX_REPORTED = 20  # problems named one by one
+MAX_EXTRA_MEMBERS = 1000  # members the header does not list before reading stops
+
+
+def _read_signed_header(source: ArchiveSource) -> SignedHeader:
     """``bundle.json`` and its signature as raw bytes; VerificationError if the archive cannot be read."""
     try:
-        with FramedArchiveReader(path) as reader:
+        with FramedArchiveReader(source) as reader:
             return reader.read_signed_header()
     except ArchiveFormatError as exc:
         raise VerificationError(str(exc)) from None
 
 
-def read_header(path: Path) -> tuple[BundleHeader, bytes, Optional[bytes]]:
-    """Read the header without checking it: (parsed header, raw bytes, signature)."""
+def read_header(path: ArchiveSource) -> tuple[BundleHeader, bytes, Optional[bytes]]:
+    """Read the header without checking it: (parsed header, raw bytes, signature). For ``inspect`` only."""
     signed = _read_signed_header(path)
     try:
         return BundleHeader.from_bytes(signed.header), signed.header, signed.signature
     except HeaderError as exc:
-        raise VerificationError(f"{path}: {exc}") from None
+        raise VerificationError(f"{getattr(path, 'path', path)}: {exc}") from None
+
+
+def open_signed(
+    path: Path, keys: Sequence[Ed25519PublicKey], *, allow_untrusted: bool = False
+) -> VerifiedBundle:
+    """Hold the archive open and check its header's signature (a few kilobytes read); members are not checked yet.
+
+    With ``allow_untrusted`` an unsigned or unknown-signer bundle is accepted
+    (the caller must say so loudly); the signer is then None.
+    """
+    path = Path(path)
+    try:
+        handle = ArchiveHandle(path)
+    except ArchiveFormatError as exc:
+        raise VerificationError(str(exc)) from None
+    try:
+        signed = _read_signed_header(handle)
+        signer = _check_signature(path, signed, keys, allow_untrusted)
+        try:
+            header = BundleHeader.from_bytes(signed.header)
+        except HeaderError as exc:
+            raise VerificationError(f"{path}: {exc}") from None
+    except BaseException:
+        handle.close()
+        raise
+    warnings = [] if signer else ["signature NOT checked: the bundle was accepted without a trusted signature"]
+    return VerifiedBundle(path=path, header=header, signer=fingerprint(signer) if signer else None,
+                          signature_checked=signer is not None, warnings=warnings, header_bytes=signed.header,
+                          handle=handle)
 
 
 def check_signature(
     path: Path, keys: Sequence[Ed25519PublicKey], *, allow_untrusted: bool = False
 ) -> tuple[BundleHeader, Optional[str]]:
-    """Check the header's signature against ``keys``; return (header, signer fingerprint).
+    """Check the header's signature against ``keys``; return (header, signer fingerprint)."""
+    with open_signed(path, keys, allow_untrusted=allow_untrusted) as bundle:
+        return bundle.header, bundle.signer
 
-    With ``allow_untrusted`` an unsigned or unknown-signer bundle is accepted
-    (the caller must say so loudly); the signer is then None.
-    """
-    signed = _read_signed_header(path)
+
+def _check_signature(path: Path, signed: SignedHeader, keys: Sequence[Ed25519PublicKey],
+                     allow_untrusted: bool) -> Optional[Ed25519PublicKey]:
     if signed.signature is None:
         if not allow_untrusted:
             raise VerificationError(
                 f"{path}: the bundle is unsigned (no bundle.json.sig after bundle.json); refusing it"
             )
-        signer = None
-    else:
-        signer = find_signer(signed.header, signed.signature, keys)
-    if signer is None and signed.signature is not None and not allow_untrusted:
+        return None
+    signer = find_signer(signed.header, signed.signature, keys)
+    if signer is None and not allow_untrusted:
         if not keys:
             raise VerificationError(f"{path}: no trusted public key was given; pass --pubkey FILE")
         claimed = _claimed_signer(signed.header)
@@ -82,11 +188,7 @@ def check_signature(
             f"{path}: bad signature: bundle.json is not signed by any trusted key "
             f"(trusted: {tried}; the header names {claimed}). The bundle was altered, or signed with another key."
         )
-    try:
-        header = BundleHeader.from_bytes(signed.header)
-    except HeaderError as exc:
-        raise VerificationError(f"{path}: {exc}") from None
-    return header, fingerprint(signer) if signer else None
+    return signer
 
 
 def verify_archive(
@@ -96,10 +198,10 @@ def verify_archive(
     allow_untrusted: bool = False,
     progress: Optional[ProgressCallback] = None,
 ) -> VerifiedBundle:
-    """Check the signature, then stream every member and check its size and sha256.
+    """Check the signature, then stream every member and check its size and sha256; return the held bundle.
 
     Raises VerificationError naming every member that failed; nothing is
-    written anywhere.
+    written anywhere. Close the result (or use it as a context manager).
     """
     path = Path(path)
     try:
@@ -108,35 +210,12 @@ def verify_archive(
             check_parts(index, digests=True)
     except PartsError as exc:
         raise VerificationError(f"{path}: {exc}") from None
-    header, signer = check_signature(path, keys, allow_untrusted=allow_untrusted)
-    problems = _structure_problems(header)
-    expected = {member.path: member for member in header.members}
-    seen: set[str] = set()
+    bundle = open_signed(path, keys, allow_untrusted=allow_untrusted)
     try:
-        with FramedArchiveReader(path) as reader:
-            for member in reader.members():
-                record = expected.get(member.name)
-                if record is None:
-                    problems.append(f"member {member.name!r} is not listed in the signed header")
-                    continue
-                if member.name in seen:
-                    problems.append(f"member {member.name!r} appears twice")
-                seen.add(member.name)
-                if member.size != record.size:
-                    problems.append(f"member {member.name!r}: size {member.size}, the signed header says {record.size}")
-                    continue
-                if not _digest_matches(member, record, progress):
-                    problems.append(f"member {member.name!r}: sha256 mismatch (content altered or damaged)")
-    except ArchiveFormatError as exc:
-        problems.append(str(exc))
-    missing = [name for name in expected if name not in seen]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        problems.append(f"{len(missing)} member(s) listed in the signed header are missing: {shown}")
-    if problems:
-        raise VerificationError(f"{path}: verification failed: " + "; ".join(problems), problems)
-    warnings = [] if signer else ["signature NOT checked: the bundle was accepted without a trusted signature"]
-    return VerifiedBundle(path=path, header=header, signer=signer, signature_checked=signer is not None, warnings=warnings)
+        return bundle.check_members(progress)
+    except BaseException:
+        bundle.close()
+        raise
 
 
 def _digest_matches(member: FramedMember, record: MemberRecord, progress: Optional[ProgressCallback]) -> bool:
