@@ -428,3 +428,29 @@ def test_a_member_never_named_stops_the_archive_from_being_sealed(tmp_path: Path
             writer.add_stream_named_later(4, [b"data"], "abc/layer.tar")
             writer.finish(b"{}", b"")
     assert not archive.exists() and not archive.with_name(archive.name + ".partial").exists()
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"[" * 100_000, "nested too deeply"),
+    (b'{"a": ' * 100_000, "nested too deeply"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"{", "not valid JSON"),
+    (b'{"format": ' + b"9" * 10_000 + b"}", "not valid JSON"),
+])
+def test_a_malformed_header_is_a_header_error_not_a_traceback(data: bytes, message: str) -> None:
+    from installer.archive import HeaderError
+
+    with pytest.raises(HeaderError, match=message):
+        BundleHeader.from_bytes(data)
+
+
+def test_a_deeply_nested_unsigned_header_is_refused_with_a_clear_message(tmp_path: Path, keypair) -> None:
+    _, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    with ArchiveWriter(archive, header_reserve=64 * 1024) as writer:
+        writer.add_bytes("release/compose.yml", b"services: {}\n")
+        _finish_unsigned(writer, b"[" * 50_000)
+    with pytest.raises(VerificationError, match="nested too deeply"):
+        read_header(archive)
+    with pytest.raises(VerificationError):
+        verify_archive(archive, [public], allow_untrusted=True)

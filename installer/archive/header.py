@@ -70,8 +70,10 @@ class BundleHeader:
         """Parse and validate ``bundle.json``; raise HeaderError naming the bad key."""
         try:
             raw = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # not UTF-8, not JSON, or a number too long to convert
             raise HeaderError(f"bundle.json is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise HeaderError("bundle.json is nested too deeply to be a bundle header") from None
         if not isinstance(raw, dict):
             raise HeaderError("bundle.json: expected a JSON object at the top level")
         if raw.get("format") != FORMAT:
