@@ -148,20 +148,7 @@ def published_ports(header: BundleHeader, values: dict[str, str]) -> list[tuple[
 
 
 def _port_checks(header: BundleHeader, client, project: str, values: dict[str, str]) -> list[Check]:
-    ours: set[int] = set()
-    others: dict[int, str] = {}
-    if client is not None:
-        try:
-            for container in client.api.containers():
-                labels = container.get("Labels") or {}
-                for port in container.get("Ports") or []:
-                    if port.get("PublicPort"):
-                        if labels.get(PROJECT_LABEL) == project:
-                            ours.add(port["PublicPort"])
-                        else:
-                            others[port["PublicPort"]] = "/".join(container.get("Names") or ["?"]).lstrip("/")
-        except docker.errors.APIError:
-            pass
+    ours, others = port_holders(client, project)
     checks = []
     for service, port, protocol in published_ports(header, values):
         name = f"port {port}/{protocol} ({service})"
@@ -176,6 +163,41 @@ def _port_checks(header: BundleHeader, client, project: str, values: dict[str, s
         else:
             checks.append(Check(name, True, "free"))
     return checks
+
+
+def port_holders(client, project: str) -> tuple[set[int], dict[int, str]]:
+    """Host ports held by containers: (those of ``project``, in any state; those of others, by container name).
+
+    A container of the project that is created, restarting or exited (an install
+    killed during ``up`` leaves such) may still hold its ports in the engine; it is
+    the stack's own, and a rerun takes it over. Its published ports are read from
+    its configuration, since the engine reports ports only for running containers.
+    """
+    ours: set[int] = set()
+    others: dict[int, str] = {}
+    if client is None:
+        return ours, others
+    try:
+        for container in client.api.containers(all=True):
+            labels = container.get("Labels") or {}
+            name = "/".join(container.get("Names") or ["?"]).lstrip("/")
+            if labels.get(PROJECT_LABEL) == project:
+                ours.update(_configured_ports(client, container["Id"]))
+                continue
+            for port in container.get("Ports") or []:
+                if port.get("PublicPort"):
+                    others[port["PublicPort"]] = name
+    except docker.errors.APIError:
+        pass
+    return ours, others
+
+
+def _configured_ports(client, container_id: str) -> set[int]:
+    try:
+        bindings = (client.api.inspect_container(container_id).get("HostConfig") or {}).get("PortBindings") or {}
+    except docker.errors.APIError:
+        return set()
+    return {int(b["HostPort"]) for entries in bindings.values() for b in entries or [] if str(b.get("HostPort", "")).isdigit()}
 
 
 def _port_free(port: int, protocol: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from installer.archive import read_header
 from tests.harness import SOURCE_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,7 +362,6 @@ def test_secrets_differ_between_fresh_installs_and_never_appear_in_the_archive(h
 
 def test_only_missing_layers_are_sent_when_the_engine_has_some(harness, release, build_engine, target_engine, tmp_path) -> None:
     """The engine holds one stand-in (and so the shared busybox base): the load leaves those layers out."""
-    from installer.archive import read_header
     from installer.engine import chain_ids
 
     harness.reset_target()
@@ -392,3 +393,53 @@ def test_timeout_names_the_unready_services_with_health_output_and_logs(harness,
     assert unready and "last log lines:" in result.stderr
     assert any(line.startswith("  - nginx: ") for line in unready)
     airgap_install(harness, "down", "--prefix", str(tmp_path / "site"), "--remove-data-volumes")
+
+
+def _forged_copy(genuine: Path, forged: Path) -> bytes:
+    """The genuine archive with a privileged, host-mounting service added to its compose file, re-packed (a forger's
+    copy: it would fail verification, so only a reader that reads the path again after verifying could take it)."""
+    import io
+    import tarfile
+
+    plain = zstandard.ZstdDecompressor().stream_reader(genuine.open("rb"), read_across_frames=True).read()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(plain)) as source, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as target:
+        for member in source:
+            data = source.extractfile(member).read()
+            if member.name == "release/docker-compose.yml":
+                genuine_compose = data
+                data += b"  evil:\n    image: aiharbor.msxf.local/aihpc/postgres:v0.3.5\n    privileged: true\n    volumes: ['/:/host']\n"
+                member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+    forged.write_bytes(zstandard.ZstdCompressor(level=1).compress(out.getvalue()))
+    return genuine_compose
+
+
+def test_an_archive_swapped_after_verification_is_never_read(harness, release, target_engine, tmp_path) -> None:
+    """The file is replaced while the images load: the site still ends with the genuine compose file and header."""
+    harness.reset_target()
+    archive = tmp_path / f"aimatrix-{TAG}.tar.zst"
+    shutil.copy(release["archive"], archive)
+    forged = tmp_path / "forged.tar.zst"
+    genuine_compose = _forged_copy(release["archive"], forged)
+    prefix = tmp_path / "site"
+    command = ["nsenter", f"--net=/var/run/netns/{harness.netns}", "env", f"DOCKER_HOST={harness.target_docker_host}",
+               "AIRGAP_TEST_LOAD_DELAY=0.2", sys.executable, "-m", "installer.cli", "install", str(archive),
+               "--pubkey", str(release["pubkey"]), "--prefix", str(prefix), "--timeout", "180"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith("load: "):
+            forged.replace(archive)  # the swap: after verification, during the load
+            break
+    stdout, rest = process.communicate(timeout=600)
+    output = "".join(seen) + rest
+    assert process.returncode == 0, output
+    assert not forged.exists() and b"privileged" in zstandard.ZstdDecompressor().stream_reader(
+        archive.open("rb"), read_across_frames=True).read()  # the path really holds the forgery now
+    installed = prefix / "releases" / TAG
+    assert (installed / "docker-compose.yml").read_bytes() == genuine_compose
+    assert (installed / "bundle.json").read_bytes() == read_header(release["archive"])[1]
+    assert "evil" not in {c.labels.get("com.docker.compose.service") for c in target_engine.containers.list(all=True)}
+    airgap_install(harness, "down", "--prefix", str(prefix), "--remove-data-volumes")
