@@ -309,7 +309,10 @@ def refuse_another_archive_of_the_same_version(prefix: Path, header: BundleHeade
     """
     if options.replace_same_version:
         return
-    same_folder = release_dir(prefix, header.version).resolve()
+    try:
+        same_folder: Optional[Path] = release_dir(prefix, header.version).resolve()
+    except SiteError:
+        same_folder = None  # not usable as a folder name; writing the release refuses it
     for release in dict.fromkeys(r for r in (same_folder, active) if r is not None):
         try:
             stored: Optional[BundleHeader] = read_release_header(release)

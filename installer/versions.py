@@ -1,20 +1,51 @@
-"""Compare release versions (``v0.3.5`` < ``v0.3.6`` < ``v0.10.0``; ``v1.0-rc1`` < ``v1.0``)."""
+"""Compare release versions by SemVer 2.0 precedence.
+
+``v0.3.5`` < ``v0.3.6`` < ``v0.10.0``; ``v1.0-rc1`` < ``v1.0``; ``v0.3.5-2`` < ``v0.3.5-10``;
+``v0.3.5+build7`` is the same release as ``v0.3.5`` (build metadata never orders).
+
+Tolerated beyond strict SemVer: a leading ``v``; fewer (or more) than three numbers,
+missing ones counting as 0 (``v1.0`` == ``v1.0.0``); ``~`` or no separator before a
+pre-release (``1.0~rc1``, ``1.0rc1``); leading zeros. And an identifier mixing letters and
+digits compares its digit runs as numbers (``rc9`` < ``rc10``; SemVer would compare it as
+text, which is never what a release meant). Anything else is not a version: ``compare``
+returns None and the caller decides.
+"""
 from __future__ import annotations
 
 import re
 from typing import Optional
 
+_VERSION = re.compile(
+    r"[vV]?(?P<core>\d+(?:\.\d+)*)"
+    r"(?:(?:[-~]|(?=[A-Za-z]))(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+)
+_RUNS = re.compile(r"\d+|\D+")
+
 
 def version_key(version: str) -> Optional[tuple]:
-    """A sortable key for ``version``, or None when it is not a dotted number version."""
-    match = re.fullmatch(r"[vV]?(\d+(?:\.\d+)*)(?:[-+~]?(.*))?", version.strip())
+    """A sortable key for ``version`` (SemVer precedence), or None when it is not a version.
+
+    Two versions of equal precedence have equal keys, e.g. ``v1.0`` and ``1.0.0+b7``.
+    """
+    match = _VERSION.fullmatch(version.strip())
     if not match:
         return None
-    numbers = tuple(int(part) for part in match.group(1).split("."))
-    numbers += (0,) * (4 - len(numbers)) if len(numbers) < 4 else ()
-    suffix = match.group(2) or ""
-    # a release sorts after its pre-releases (rc, beta...): no suffix ranks highest
-    return numbers + ((1, "") if not suffix else (0, suffix))
+    numbers = [int(part) for part in match.group("core").split(".")]
+    while len(numbers) > 3 and numbers[-1] == 0:  # 1.2.3.0 == 1.2.3
+        numbers.pop()
+    numbers += [0] * (3 - len(numbers))
+    pre = match.group("pre")
+    if pre is None:  # a release sorts after every one of its pre-releases
+        return (tuple(numbers), 1, ())
+    return (tuple(numbers), 0, tuple(_identifier_key(part) for part in pre.split(".")))
+
+
+def _identifier_key(identifier: str) -> tuple:
+    """A numeric identifier sorts before any alphanumeric one; digit runs inside compare as numbers."""
+    if identifier.isdigit():
+        return (0, int(identifier))
+    return (1, tuple((0, int(run), "") if run.isdigit() else (1, 0, run) for run in _RUNS.findall(identifier)))
 
 
 def compare(a: str, b: str) -> Optional[int]:
