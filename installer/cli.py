@@ -18,13 +18,14 @@ from .compose import ComposeError, ComposeProject, find_compose
 from .health import service_states, wait_until_ready
 from .install import (InstallError, InstallOptions, install, open_for_install, prefix_lock, prepare_host_paths, preflight,
                       rollback)
+from .lock import LockError
 from .signing import KeyFileError
 from .childenv import child_environment
 from .site import ENV_FILE, SiteError, active_release, parse_sets, read_env, read_release_header
 from .trust import SYSTEM_TRUST_DIR, trusted_keys
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    VerificationError, ArchiveFormatError, KeyFileError, SiteError, ComposeError, engine_ops.EngineError,
+    VerificationError, ArchiveFormatError, KeyFileError, SiteError, ComposeError, engine_ops.EngineError, LockError,
 )
 
 

@@ -5,15 +5,10 @@ and every digest of the archive have checked out.
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import os
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import docker
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -24,6 +19,7 @@ from .compose import ComposeError, ComposeProject
 from .health import ServiceState, last_log_lines, wait_until_ready
 from .hostpaths import HostPathError, write_site_override
 from .loader import LoadPlan, docker_archive_stream, missing_members_in_archive, read_ahead
+from .lock import prefix_lock
 from .preflight import PreflightReport, run_preflight
 from .site import (
     ENV_FILE,
@@ -102,37 +98,6 @@ class PhaseClock:
         now = time.monotonic()
         self.timings[phase] = self.timings.get(phase, 0.0) + now - self._last
         self._last = now
-
-
-@contextmanager
-def prefix_lock(prefix: Path, wait: bool = True, say: Optional[Say] = None) -> Iterator[None]:
-    """Hold an exclusive lock on ``prefix`` (kept outside it, so a refused install leaves it untouched).
-
-    A second run on the same prefix waits (saying so) or, with ``wait=False``, refuses.
-    The kernel drops the lock when its holder dies, even by SIGKILL.
-    """
-    lock_dir = Path("/run/lock") if os.access("/run/lock", os.W_OK) else Path(tempfile.gettempdir())
-    key = hashlib.sha256(str(prefix.resolve()).encode()).hexdigest()[:16]
-    path = lock_dir / f"airgap-install-{key}.lock"
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            if not wait:
-                raise InstallError(f"another airgap-install (pid {holder}) is working on {prefix}; try again when it ends") from None
-            if say:
-                say(f"waiting: another airgap-install (pid {holder}) is working on {prefix}")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def open_for_install(options: InstallOptions, say: Say) -> VerifiedBundle:
