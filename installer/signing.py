@@ -19,6 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 
+KEY_SUFFIXES = (".pub", ".pem")  # the files of a folder of keys that are read as keys
+
+
 class KeyFileError(Exception):
     """A key file is missing, unreadable or not an Ed25519 key."""
 
@@ -33,31 +36,48 @@ def generate_keypair(private_path: Path, public_path: Optional[Path] = None, *, 
     """Write a new Ed25519 key pair; return (private path, public path, fingerprint).
 
     The private key file is created with mode 0600 before any byte is written,
-    so the secret is never readable by others, even briefly.
+    so the secret is never readable by others, even briefly. Both files are
+    created new (never written through a symlink, even a dangling one); with
+    ``overwrite`` an existing regular file is removed first, a symlink refused.
     """
     private_path = Path(private_path)
     public_path = Path(public_path) if public_path else private_path.with_suffix(".pub")
     for path in (private_path, public_path):
+        if path.is_symlink():
+            raise KeyFileError(f"{path} is a symlink; refusing to write a key through it (remove it, or choose another path)")
         if path.exists() and not overwrite:
             raise KeyFileError(f"{path} already exists; refusing to overwrite a key (pass --force to replace it)")
+        if path.exists() and not path.is_file():
+            raise KeyFileError(f"{path} exists and is not a regular file; refusing to replace it")
     private_path.parent.mkdir(parents=True, exist_ok=True)
     public_path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    fd = os.open(private_path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, pem)
-    finally:
-        os.close(fd)
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    public_path.write_bytes(public_pem)
+    _write_new_file(private_path, pem, 0o600, overwrite)
+    _write_new_file(public_path, public_pem, 0o644, overwrite)
     return private_path, public_path, fingerprint(key.public_key())
+
+
+def _write_new_file(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
+    """Create ``path`` with ``mode`` and write ``data``; nothing that exists there (a symlink above all) is followed."""
+    if overwrite and path.exists() and not path.is_symlink():
+        path.unlink()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        raise KeyFileError(f"{path} exists (or appeared, or is a symlink); refusing to write a key there") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot create the key file ({exc.strerror})") from None
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -95,7 +115,7 @@ def load_public_keys(paths: Iterable[Path]) -> list[Ed25519PublicKey]:
         path = Path(path)
         if path.is_dir():
             for child in sorted(path.iterdir()):
-                if child.suffix in (".pub", ".pem") and child.is_file():
+                if child.suffix in KEY_SUFFIXES and child.is_file():
                     keys.append(load_public_key(child))
         else:
             keys.append(load_public_key(path))
