@@ -13,14 +13,17 @@ Every write goes to a temporary name first and is renamed into place.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import secrets as secret_source
 import shutil
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from .archive import HEADER_NAME, RELEASE_DIR, BundleHeader, FramedArchiveReader
 from .archive.reader import ArchiveSource
@@ -63,18 +66,38 @@ def parse_sets(items: Iterable[str]) -> dict[str, str]:
     result: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
-            raise SiteError(f"--set {item!r}: expected KEY=VALUE with an upper-case KEY, e.g. --set HTTP_PORT=8081")
+        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):  # the value is never shown: it may be a secret
+            given = f"--set {key!r}=..." if sep else "a --set without '='"
+            raise SiteError(f"{given}: expected KEY=VALUE with an upper-case KEY, e.g. --set HTTP_PORT=8081")
         result[key] = value
     return result
 
 
-def read_env(path: Path) -> dict[str, str]:
-    """Read a KEY=VALUE file (blank lines and # comments ignored)."""
+def read_env(path: Path, warn: Optional[Callable[[str], None]] = None) -> dict[str, str]:
+    """Read a KEY=VALUE file (blank lines and # comments ignored; lines end at ``\\n`` only).
+
+    The file holds secrets: one readable by others (restored from a backup at 0644, say)
+    is made 0600 again at once, saying so through ``warn`` (default: stderr).
+    """
     values: dict[str, str] = {}
-    if not path.exists():
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
         return values
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SiteError(f"{path} is a symlink; the site's secrets must be in a plain file there, not a symlink "
+                            "(replace the link with the file it points to)") from None
+        raise SiteError(f"{path}: cannot read it ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        _make_private(handle.fileno(), path, warn)
+        data = handle.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SiteError(f"{path}: not UTF-8 text; fix or remove it") from None
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line[:-1] if line.endswith("\r") else line
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         key, sep, value = line.partition("=")
@@ -82,6 +105,26 @@ def read_env(path: Path) -> dict[str, str]:
             raise SiteError(f"{path}: line {number} is not KEY=VALUE; fix or remove it")
         values[key.strip()] = value
     return values
+
+
+def _make_private(fd: int, path: Path, warn: Optional[Callable[[str], None]]) -> None:
+    """Mode 0600 on the open file, warning when it was wider; SiteError if it is not a plain file or cannot be."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise SiteError(f"{path}: not a plain file; it must be the site's KEY=VALUE file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077 == 0:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError as exc:
+        raise SiteError(f"{path} holds the site's secrets and is readable by others (mode {mode:04o}), and it cannot "
+                        f"be made private ({exc.strerror}); run: chmod 600 {path}") from None
+    (warn or _warn_on_stderr)(f"WARNING: {path} holds the site's secrets and was mode {mode:04o}; it is 0600 again")
+
+
+def _warn_on_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def resolve_env(header: BundleHeader, existing: dict[str, str], sets: dict[str, str]) -> SiteEnv:
@@ -105,7 +148,7 @@ def resolve_env(header: BundleHeader, existing: dict[str, str], sets: dict[str, 
         values[name] = sets.get(name, existing.get(name, spec.get("default", "")))
         if spec.get("required") and not values[name]:
             raise SiteError(f"{name}: {header.name} needs a value for it; give one with --set {name}=VALUE")
-        _check_value(name, values[name], spec.get("pattern"))
+        _check_value(name, values[name], spec.get("pattern"), show=not spec.get("template"))
     generated = []
     for name, spec in secret_specs.items():
         if name in sets:
@@ -122,7 +165,9 @@ def resolve_env(header: BundleHeader, existing: dict[str, str], sets: dict[str, 
         _check_value(name, values[name], variables[name].get("pattern"))
     ordered = {name: values[name] for name in list(variables) + list(secret_specs) if name in values}
     for name, value in existing.items():
-        ordered.setdefault(name, value)
+        if name not in ordered:  # kept from an earlier release
+            _check_value(name, value, None, fix=f"fix or remove its line in {ENV_FILE}")
+            ordered[name] = value
     return SiteEnv(values=ordered, generated=generated, changed=ordered != existing)
 
 
@@ -140,16 +185,26 @@ def fill_template(template: str, values: dict[str, str]) -> str:
     return _TEMPLATE_REFERENCE.sub(replace, template.replace("$$", "\0")).replace("\0", "$")
 
 
-def _check_value(name: str, value: str, pattern: Optional[str]) -> None:
-    if _FORBIDDEN.search(value):
+def _check_value(name: str, value: str, pattern: Optional[str], *, show: bool = False, fix: str = "") -> None:
+    """SiteError naming ``name`` if the value cannot go into the environment file, or misses ``pattern``.
+
+    Only printable characters pass (no line separator of any kind: the file is read back
+    line by line). The value itself is shown only with ``show`` (a plain variable's, on a
+    pattern mismatch), never a secret's or a value built from others.
+    """
+    fix = fix or f"give another value with --set {name}=VALUE"
+    if _FORBIDDEN.search(value) or not value.isprintable():
         raise SiteError(f"{name}: the value contains a character the environment file cannot hold safely "
-                        "($, quotes, backslash, #, or a control character)")
+                        f"($, quotes, backslash, #, or a control, line-breaking or other non-printable character); {fix}")
     if pattern and not re.fullmatch(pattern, value):
-        raise SiteError(f"{name}: {value!r} does not match the pattern {pattern!r}")
+        shown = repr(value) if show else "the value"
+        raise SiteError(f"{name}: {shown} does not match the pattern {pattern!r}; {fix}")
 
 
 def write_env(path: Path, env: SiteEnv, header: BundleHeader) -> None:
-    """Write the environment file atomically with mode 0600."""
+    """Write the environment file atomically with mode 0600 (every value checked: one line each)."""
+    for key, value in env.values.items():
+        _check_value(key, value, None)
     lines = [f"# {header.name} site settings; secrets were generated on this host. Keep this file private.\n"]
     lines += [f"{key}={value}\n" for key, value in env.values.items()]
     _atomic_write(path, "".join(lines).encode(), mode=0o600)

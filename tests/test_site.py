@@ -9,7 +9,7 @@ import pytest
 from installer.archive import BundleHeader, ImageRecord, MemberRecord, layer_path
 from installer.engine import EngineInventory, chain_ids
 from installer.loader import plan_load
-from installer.site import SiteError, parse_sets, read_env, resolve_env, switch_current, write_env, write_env_files
+from installer.site import SiteEnv, SiteError, parse_sets, read_env, resolve_env, switch_current, write_env, write_env_files
 
 D = ["sha256:" + c * 64 for c in "abcdef"]
 
@@ -129,3 +129,100 @@ def test_children_get_none_of_the_installers_python_settings() -> None:
     env = child_environment({"PATH": "/usr/bin", "PYTHONPATH": "/opt/kit/lib", "PYTHONHOME": "/x", "DOCKER_HOST": "unix:///s",
                              "LD_LIBRARY_PATH": "/tmp/_MEI123", "LD_LIBRARY_PATH_ORIG": "/usr/local/lib"})
     assert env == {"PATH": "/usr/bin", "DOCKER_HOST": "unix:///s", "LD_LIBRARY_PATH": "/usr/local/lib"}
+
+
+# issue 12, finding 4: the site file stays private, values stay on their line, errors never show a secret
+
+SECRET = "hunter2-not-to-be-shown"
+
+
+def test_a_site_file_restored_readable_by_others_is_made_0600_again_saying_so(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "site.env"
+    write_env(path, resolve_env(header(), {}, {}), header())
+    path.chmod(0o644)
+    said: list[str] = []
+    values = read_env(path, said.append)
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and values["HTTP_PORT"] == "8080"
+    assert said == [f"WARNING: {path} holds the site's secrets and was mode 0644; it is 0600 again"]
+    read_env(path, said.append)
+    assert len(said) == 1  # private now: nothing more to say
+    path.chmod(0o640)
+    read_env(path)  # the default warning goes to stderr
+    assert "was mode 0640; it is 0600 again" in capsys.readouterr().err
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_site_file_is_written_0600_whatever_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "site.env"
+    path.write_text("HTTP_PORT=8080\n")
+    path.chmod(0o666)
+    write_env(path, resolve_env(header(), read_env(path, lambda _: None), {}), header())
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_site_file_that_is_a_symlink_is_not_read(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere.env"
+    elsewhere.write_text("HTTP_PORT=8080\n")
+    elsewhere.chmod(0o644)
+    os.symlink(elsewhere, tmp_path / "site.env")
+    with pytest.raises(SiteError, match="not a symlink"):
+        read_env(tmp_path / "site.env")
+    assert oct(elsewhere.stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize("character", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\r", "\u200b", "\xa0", "\ufeff"])
+@pytest.mark.parametrize("name", ["LDAP_BASE_DN", "DB_PASSWORD"])
+def test_a_value_with_a_line_break_or_an_unprintable_character_is_refused_unshown(name: str, character: str) -> None:
+    value = f"{SECRET}{character}INJECTED=1"
+    with pytest.raises(SiteError) as refused:
+        resolve_env(header(), {}, {name: value})
+    message = str(refused.value)
+    assert message.startswith(f"{name}: the value contains a character the environment file cannot hold safely")
+    assert SECRET not in message and "INJECTED" not in message
+
+
+def test_every_value_reads_back_as_written_on_its_own_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.env"
+    env = resolve_env(header(), {}, {"LDAP_BASE_DN": "dc=ünïcode,dc=b c", "DB_PASSWORD": "p@ss:word/=!"})
+    write_env(path, env, header())
+    assert read_env(path) == env.values
+
+
+def test_a_line_separator_in_the_site_file_does_not_split_a_value(tmp_path: Path) -> None:
+    """An older site file with U+2028 in a value: read as one value, then refused naming the variable only."""
+    path = tmp_path / "site.env"
+    path.write_bytes(f"LDAP_BASE_DN=dc=a\u2028HTTP_PORT=1\nHTTP_PORT=8080\nOLD_TOKEN={SECRET}\x85X=1\n".encode())
+    path.chmod(0o600)
+    existing = read_env(path)
+    assert existing == {"LDAP_BASE_DN": "dc=a\u2028HTTP_PORT=1", "HTTP_PORT": "8080", "OLD_TOKEN": f"{SECRET}\x85X=1"}
+    with pytest.raises(SiteError, match="^LDAP_BASE_DN: the value contains a character") as refused:
+        resolve_env(header(), existing, {})
+    assert "dc=a" not in str(refused.value)
+    del existing["LDAP_BASE_DN"]
+    with pytest.raises(SiteError, match="^OLD_TOKEN: the value contains a character.*remove its line in site.env") as refused:
+        resolve_env(header(), existing, {})  # a setting kept from an earlier release is checked too
+    assert SECRET not in str(refused.value)
+    with pytest.raises(SiteError, match="^OLD_TOKEN: the value contains"):
+        write_env(path, SiteEnv(values=existing, generated=[], changed=True), header())
+
+
+def test_a_pattern_mismatch_shows_a_plain_variables_value_never_a_secret(tmp_path: Path) -> None:
+    built = header(variables={"DB_USER": {"default": "app"},
+                              "DATABASE_URL": {"default": "", "template": "postgresql://${DB_USER}:${DB_PASSWORD}@db/app",
+                                               "pattern": "^mysql://.*"}},
+                   secrets={"DB_PASSWORD": {"length": 16}})
+    with pytest.raises(SiteError, match=r"^DATABASE_URL: the value does not match the pattern '\^mysql://\.\*'") as refused:
+        resolve_env(built, {"DB_PASSWORD": SECRET}, {})
+    assert SECRET not in str(refused.value)
+    with pytest.raises(SiteError, match="^DATABASE_URL: the value does not match") as refused:
+        resolve_env(built, {}, {"DATABASE_URL": f"postgresql://app:{SECRET}@db/app"})
+    assert SECRET not in str(refused.value)
+    with pytest.raises(SiteError, match="HTTP_PORT: '80a' does not match"):
+        resolve_env(header(), {}, {"HTTP_PORT": "80a"})
+
+
+@pytest.mark.parametrize("item", [f"lower={SECRET}", f"{SECRET}", f"BAD-KEY={SECRET}"])
+def test_a_malformed_set_never_shows_its_value(item: str) -> None:
+    with pytest.raises(SiteError, match="expected KEY=VALUE") as refused:
+        parse_sets([item])
+    assert SECRET not in str(refused.value)
