@@ -436,7 +436,7 @@ def test_a_member_never_named_stops_the_archive_from_being_sealed(tmp_path: Path
     (b"\xff\xfe", "not valid JSON"),
     (b"{", "not valid JSON"),
     (b'{"format": ' + b"9" * 10_000 + b"}", "not valid JSON"),
-])
+], ids=["deep-list", "deep-object", "not-utf8", "truncated", "huge-number"])
 def test_a_malformed_header_is_a_header_error_not_a_traceback(data: bytes, message: str) -> None:
     from installer.archive import HeaderError
 
