@@ -164,7 +164,7 @@ def _print_explain(release: Release, as_json: bool) -> None:
 @main.command("build")
 @_plan_options
 @click.option("--key", "-k", "key_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Ed25519 private key (PEM) that signs the archive; see 'airgap-bundle keygen'.")
+              help="Ed25519 private key (PEM) that signs the archive (and the kit's SHA256SUMS); see 'airgap-bundle keygen'.")
 @click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"), show_default=True,
               help="Folder for NAME-TAG.tar.zst.")
 @click.option("--no-lock", is_flag=True, help="Ignore the lockfile's pins and pull the newest upstream images.")
@@ -228,7 +228,7 @@ def build_command(manifest: Optional[Path], compose_file, name, source_dir, regi
         reporter.line(f"split into {len(parts)} part(s) of at most {split_size}; index {index}")
         archive = index.with_name(parts[0].name)
     if kit:
-        reporter.line(f"offline installer kit: {build_kit(output_dir, reporter=reporter)}")
+        reporter.line(f"offline installer kit: {build_kit(output_dir, key_path=key_path, reporter=reporter)}")
     click.echo(str(archive))
 
 
@@ -358,6 +358,12 @@ def verify_command(archive: Path, pubkeys: tuple[Path, ...]) -> None:
 @main.command("kit")
 @click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"),
               show_default=True, help="Folder for airgap-install-kit-VERSION/ (a kit of that version there is replaced).")
+@click.option("--key", "-k", "key_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The release key (Ed25519 private key, PEM; the one that signs archives): signs the kit's SHA256SUMS. "
+                   "Required unless --unsigned.")
+@click.option("--unsigned", is_flag=True,
+              help="Write the kit without a signature: its install.sh refuses it unless run with "
+                   "--insecure-skip-kit-signature.")
 @click.option("--python", "python_versions", multiple=True, metavar="X.Y",
               help="CPython version of the site hosts; repeatable. Default: 3.9 3.10 3.11 3.12 3.13.")
 @click.option("--platform", "platforms", multiple=True, metavar="TAG",
@@ -370,18 +376,27 @@ def verify_command(archive: Path, pubkeys: tuple[Path, ...]) -> None:
 @click.option("--no-standalone", is_flag=True, help="Leave out the standalone airgap-install (hosts must then have python3).")
 @click.option("--plain", is_flag=True, help="Plain progress lines even on a terminal.")
 @friendly_errors
-def kit_command(output_dir: Path, python_versions: tuple[str, ...], platforms: tuple[str, ...], cache_dir: Optional[Path],
-                refresh: bool, no_compose: bool, no_standalone: bool, plain: bool) -> None:
+def kit_command(output_dir: Path, key_path: Optional[Path], unsigned: bool, python_versions: tuple[str, ...],
+                platforms: tuple[str, ...], cache_dir: Optional[Path], refresh: bool, no_compose: bool, no_standalone: bool,
+                plain: bool) -> None:
     """Write the offline installer kit that installs airgap-install on an air-gapped host.
 
     \b
     On this machine (network to the package index, or a warm cache):
-      airgap-bundle kit -o dist
-      airgap-bundle kit -o dist --python 3.9 --python 3.11 --platform manylinux2014_aarch64
+      airgap-bundle kit --key keys/release.key -o dist
+      airgap-bundle kit --key keys/release.key --python 3.9 --python 3.11 --platform manylinux2014_aarch64
     \b
     On the site (python3 >= 3.9 only: no network, no pip, no venv), as root:
-      sh airgap-install-kit-VERSION/install.sh [--prefix /opt/airgap-install] [--no-link]
+      sh airgap-install-kit-VERSION/install.sh --fingerprint ed25519:... [--prefix /opt/airgap-install]
       airgap-install --help
+
+    The kit is signed with the release key, the one that signs archives:
+    SHA256SUMS.sig is the raw 64-byte Ed25519 signature of SHA256SUMS,
+    release.pub the key. install.sh checks it before anything else, against
+    the fingerprint the site gives (--fingerprint; the key's owner has it from
+    'airgap-bundle keygen', and this command prints it), or, on a terminal,
+    one the site confirms. Without --key the kit is refused here, unless
+    --unsigned; install.sh then refuses it unless --insecure-skip-kit-signature.
 
     The kit holds wheels/ (this project, every runtime dependency for each
     --python x --platform, and pip itself), compose/ (compose v2, the
@@ -390,7 +405,7 @@ def kit_command(output_dir: Path, python_versions: tuple[str, ...], platforms: t
     one-file airgap-install made with PyInstaller, installed on hosts
     without a usable python3; it needs a C library at least as new as this
     machine's), install.sh,
-    README.txt and SHA256SUMS, which install.sh checks before anything else.
+    README.txt, release.pub, SHA256SUMS and SHA256SUMS.sig.
     It is made from this installed copy of airgap-compose (a regular
     pip install is enough; no source checkout needed). install.sh
     runs pip from the kit's own pip wheel with no index, installs into
@@ -401,8 +416,17 @@ def kit_command(output_dir: Path, python_versions: tuple[str, ...], platforms: t
     needs no network and takes seconds; the index is asked only for what
     the cache lacks (or for everything with --refresh). Prints the kit's path.
     """
+    if key_path is None and not unsigned:
+        raise KitError("a kit is signed with the release key, the one that signs archives: pass --key "
+                       "keys/release.key (see 'airgap-bundle keygen'), or --unsigned for a kit whose install.sh "
+                       "refuses it unless run with --insecure-skip-kit-signature")
+    if key_path is not None and unsigned:
+        raise KitError("--key and --unsigned: give one of them")
+    if unsigned:
+        click.echo("airgap-bundle: warning: --unsigned: the kit is not signed; install.sh refuses it unless run with "
+                   "--insecure-skip-kit-signature, and nothing proves to the site who made it", err=True)
     kit = build_kit(
-        output_dir, cache_dir=cache_dir, reporter=Reporter(force_plain=plain), refresh=refresh, with_compose=not no_compose,
+        output_dir, key_path=key_path, cache_dir=cache_dir, reporter=Reporter(force_plain=plain), refresh=refresh, with_compose=not no_compose,
         with_standalone=not no_standalone,
         **({"python_versions": python_versions} if python_versions else {}),
         **({"platforms": platforms} if platforms else {}),

@@ -5,10 +5,22 @@
     wheels/      this project's wheel, every runtime dependency for each Python
                  version x platform asked for, and a pip wheel (the host needs
                  neither pip nor venv/ensurepip: install.sh runs pip from its wheel)
-    install.sh   POSIX sh: checks SHA256SUMS, finds python3, installs into
-                 PREFIX/lib with no index, writes PREFIX/bin/airgap-install
-    README.txt   how to use it
-    SHA256SUMS   sha256 of every other file, in ``sha256sum -c`` format
+    install.sh   POSIX sh: checks the signature of SHA256SUMS, then SHA256SUMS, finds
+                 python3, installs into PREFIX/lib with no index, writes
+                 PREFIX/bin/airgap-install
+    README.txt   how to use it, and the signer's fingerprint
+    release.pub  the release key's public half (PEM), the key that signs archives
+    SHA256SUMS   sha256 of every other file but SHA256SUMS.sig, in ``sha256sum -c`` format
+    SHA256SUMS.sig  the raw 64-byte Ed25519 signature of SHA256SUMS by the release key
+
+The signature is what makes a kit trustworthy: SHA256SUMS alone only finds damage,
+since whoever swaps a wheel can write SHA256SUMS anew. install.sh trusts the key
+whose fingerprint the user gives (``--fingerprint``, or confirmed on a terminal),
+checks that release.pub is that key, and verifies the signature with a pure-Python
+Ed25519 verifier written into install.sh itself (any python3), else with
+``openssl pkeyutl`` (OpenSSL >= 1.1.1), before it checks SHA256SUMS and before
+anything is written on the host. ``key_path=None`` writes an unsigned kit, which
+install.sh refuses unless told ``--insecure-skip-kit-signature``.
 
 Wheels come from a cache folder first, with pip told to use no index, so a
 second kit needs no network. Only when the cache cannot satisfy a Python
@@ -32,6 +44,11 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from installer.signing import fingerprint, load_private_key, sign
+
 from .distwheel import DistWheelError, repack
 from .kitcompose import COMPOSE_PLATFORMS, COMPOSE_VERSION, KitComposeError, compose_binary
 from .kitstandalone import StandaloneError, standalone_executable
@@ -43,6 +60,9 @@ DEFAULT_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
 DEFAULT_PLATFORMS = ("manylinux2014_x86_64",)
 DEFAULT_PREFIX = "/opt/airgap-install"
 PACKAGES = ("bundler", "installer")
+SUMS = "SHA256SUMS"
+SIGNATURE = "SHA256SUMS.sig"  # raw 64-byte Ed25519 signature of SUMS
+PUBLIC_KEY = "release.pub"  # the signer's public key, PEM (SubjectPublicKeyInfo), as keygen writes it
 
 # Never copied when building the project's wheel from its source tree (at any depth; at the
 # top only files, Python packages and src/ are copied anyway: see _source_ignore).
@@ -118,6 +138,7 @@ def project_wheel(build_cache: Path, scratch: Path, refresh: bool) -> tuple[Path
 def build_kit(
     output_dir: Path,
     *,
+    key_path: Path | None,
     python_versions: Sequence[str] = DEFAULT_PYTHONS,
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
     cache_dir: Path | None = None,
@@ -128,6 +149,9 @@ def build_kit(
 ) -> Path:
     """Write ``OUTPUT/airgap-install-kit-VERSION/`` and return its path.
 
+    ``key_path`` is the release key (Ed25519, PEM), the one that signs archives:
+    it signs SHA256SUMS. ``None`` writes an unsigned kit (the caller decides
+    whether that is allowed; install.sh refuses it unless told otherwise).
     ``refresh`` asks the package index for newer releases even when the cache
     could satisfy every target. ``with_compose`` adds compose v2 (for x86_64
     hosts without compose), ``with_standalone`` a one-file airgap-install (for
@@ -137,6 +161,8 @@ def build_kit(
     from installer import __version__
 
     reporter = reporter or Reporter(quiet=True)
+    private_key = load_private_key(Path(key_path).expanduser()) if key_path is not None else None
+    signer = fingerprint(private_key.public_key()) if private_key is not None else ""
     targets = _targets(python_versions, platforms)
     cache = Path(cache_dir or default_cache_dir()).expanduser().resolve()
     output_dir = Path(output_dir).expanduser().resolve()
@@ -198,14 +224,22 @@ def build_kit(
                 shutil.copy2(executable, kit / "standalone" / "airgap-install")
                 (kit / "standalone" / "airgap-install").chmod(0o755)
 
-        with reporter.task("check wheels, write install.sh, README.txt, SHA256SUMS"):
+        with reporter.task("check wheels, write install.sh, README.txt, SHA256SUMS" + (", sign it" if signer else "")):
             _check_wheels(sorted(wheels.iterdir()), cache)
             min_python = _min_python(requires_python) or oldest.python
-            _write_text(kit / "install.sh", _install_script(__version__, targets, pip_wheel.name, min_python), 0o755)
-            _write_text(kit / "README.txt", _readme(__version__, targets, min_python))
+            _write_text(kit / "install.sh", _install_script(__version__, targets, pip_wheel.name, min_python, signer),
+                        0o755)
+            _write_text(kit / "README.txt", _readme(__version__, targets, min_python, signer))
+            if private_key is not None:
+                _write_text(kit / PUBLIC_KEY, private_key.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii"))
             _write_sums(kit)
+            if private_key is not None:
+                _sign_sums(kit, private_key)
         total = sum(f.stat().st_size for f in kit.rglob("*") if f.is_file())
-        reporter.line(f"kit: {final} ({sum(1 for _ in wheels.iterdir())} wheels, {total / 1e6:.1f} MB)")
+        reporter.line(f"kit: {final} ({sum(1 for _ in wheels.iterdir())} wheels, {total / 1e6:.1f} MB), "
+                      + (f"signed by {signer}: sites run sh install.sh --fingerprint {signer}" if signer else
+                         "UNSIGNED: install.sh refuses it unless run with --insecure-skip-kit-signature"))
 
         _replace(kit, final)
     finally:
@@ -465,14 +499,23 @@ def _write_text(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def _write_sums(kit: Path) -> None:
+    """SHA256SUMS: every file of the kit but itself and its signature."""
     lines = []
-    for path in sorted(p for p in kit.rglob("*") if p.is_file() and p.name != "SHA256SUMS"):
+    for path in sorted(p for p in kit.rglob("*") if p.is_file() and p.relative_to(kit).as_posix() not in (SUMS, SIGNATURE)):
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
         lines.append(f"{digest.hexdigest()}  {path.relative_to(kit).as_posix()}\n")
-    _write_text(kit / "SHA256SUMS", "".join(lines))
+    _write_text(kit / SUMS, "".join(lines))
+
+
+def _sign_sums(kit: Path, private_key: Ed25519PrivateKey) -> None:
+    """SHA256SUMS.sig: the raw 64-byte Ed25519 signature of SHA256SUMS as written (what
+    ``openssl pkeyutl -verify -rawin -sigfile`` and install.sh's own verifier read)."""
+    signature = sign(private_key, (kit / SUMS).read_bytes())
+    (kit / SIGNATURE).write_bytes(signature)
+    (kit / SIGNATURE).chmod(0o644)
 
 
 def _replace(new: Path, final: Path) -> None:
@@ -486,25 +529,42 @@ def _replace(new: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _readme(version: str, targets: Sequence[Target], min_python: str) -> str:
+def _readme(version: str, targets: Sequence[Target], min_python: str, signer: str) -> str:
     pythons = " ".join(dict.fromkeys(t.python for t in targets))
     plats = " ".join(dict.fromkeys(t.platform for t in targets))
+    if signer:
+        signature = (
+            f"Signed by the release key {signer}: {SIGNATURE} is the raw 64-byte Ed25519 signature of {SUMS} by the "
+            f"key in {PUBLIC_KEY}. Trust it only if that fingerprint is the one the release key's owner gave you "
+            "('airgap-bundle keygen' printed it), not one read from this kit. By hand: openssl pkeyutl -verify -pubin "
+            f"-inkey {PUBLIC_KEY} -rawin -in {SUMS} -sigfile {SIGNATURE} && sha256sum -c {SUMS} (the fingerprint is "
+            f"ed25519: and the first 32 hex digits of the sha256 of the raw 32-byte key).\n"
+        )
+        fingerprint_option = "--fingerprint ed25519:... (the release key's, as its owner gave it to you)"
+    else:
+        signature = ("UNSIGNED kit (made with 'airgap-bundle kit --unsigned'): nothing proves who made it; install.sh "
+                     "refuses it unless run with --insecure-skip-kit-signature.\n")
+        fingerprint_option = "--insecure-skip-kit-signature"
     return (
         f"Offline installer kit for airgap-install {version}: needs only python3 ({pythons}; >= {min_python}) "
         f"on {plats}, no network, no pip, no venv.\n"
-        f"Install, as root: sh install.sh [--prefix DIR (default {DEFAULT_PREFIX})] [--no-link]  "
-        "(checks SHA256SUMS first; running it again replaces the install; sh install.sh --help for more).\n"
+        + signature +
+        f"Install, as root: sh install.sh {fingerprint_option} [--prefix DIR (default {DEFAULT_PREFIX})] [--no-link]  "
+        f"({'checks the signature, then SHA256SUMS, first' if signer else 'checks SHA256SUMS first'}; running it again "
+        "replaces the install; "
+        "sh install.sh --help for more).\n"
         "Then run: airgap-install --help  (or PREFIX/bin/airgap-install when /usr/local/bin was not writable "
         "or --no-link was given).\n"
     )
 
 
-def _install_script(version: str, targets: Sequence[Target], pip_wheel: str, min_python: str) -> str:
+def _install_script(version: str, targets: Sequence[Target], pip_wheel: str, min_python: str, signer: str) -> str:
     pythons = " ".join(dict.fromkeys(t.python for t in targets))
     plats = " ".join(dict.fromkeys(t.platform for t in targets))
     values = {
         "@VERSION@": version, "@PYTHONS@": pythons, "@PLATFORMS@": plats, "@PIP_WHEEL@": pip_wheel,
-        "@MIN_PYTHON@": min_python, "@DIST@": DIST_NAME, "@PREFIX@": DEFAULT_PREFIX,
+        "@MIN_PYTHON@": min_python, "@DIST@": DIST_NAME, "@PREFIX@": DEFAULT_PREFIX, "@SIGNER@": signer,
+        "@VERIFY_PY@": VERIFY_PY,
     }
     script = INSTALL_SH
     for key, value in values.items():
@@ -514,10 +574,87 @@ def _install_script(version: str, targets: Sequence[Target], pip_wheel: str, min
     return script
 
 
+# install.sh's own Ed25519 verifier (RFC 8032 section 5.1.7, the reference arithmetic of its
+# section 6): any python3 runs it with no package at all. It is slow as Ed25519 goes (tens of
+# milliseconds) and checks SHA256SUMS only, which is small. Arguments: release.pub (PEM),
+# SHA256SUMS, SHA256SUMS.sig; prints the key's fingerprint (installer/signing.py's format),
+# then "good" or "bad"; a key file that is not an Ed25519 public key: a message, exit 2.
+# Written into install.sh between single quotes: it must hold none, and no f-strings (an old
+# python3 may be all a host has for this).
+VERIFY_PY = r"""
+import binascii, hashlib, sys
+p = 2 ** 255 - 19
+L = 2 ** 252 + 27742317777372353535851937790883648493
+d = -121665 * pow(121666, p - 2, p) % p
+SQRT_M1 = pow(2, (p - 1) // 4, p)
+def add(P, Q):
+    a = (P[1] - P[0]) * (Q[1] - Q[0]) % p
+    b = (P[1] + P[0]) * (Q[1] + Q[0]) % p
+    c = 2 * P[3] * Q[3] * d % p
+    e = 2 * P[2] * Q[2] % p
+    E, F, G, H = b - a, e - c, e + c, b + a
+    return (E * F % p, G * H % p, F * G % p, E * H % p)
+def mul(s, P):
+    Q = (0, 1, 1, 0)
+    while s > 0:
+        if s & 1:
+            Q = add(Q, P)
+        P = add(P, P)
+        s >>= 1
+    return Q
+def same(P, Q):
+    return (P[0] * Q[2] - Q[0] * P[2]) % p == 0 and (P[1] * Q[2] - Q[1] * P[2]) % p == 0
+def point(y, sign):
+    if y >= p:
+        return None
+    x2 = (y * y - 1) * pow(d * y * y + 1, p - 2, p) % p
+    if x2 == 0:
+        return None if sign else (0, y, 1, 0)
+    x = pow(x2, (p + 3) // 8, p)
+    if (x * x - x2) % p:
+        x = x * SQRT_M1 % p
+    if (x * x - x2) % p:
+        return None
+    if (x & 1) != sign:
+        x = p - x
+    return (x, y, 1, x * y % p)
+def decode(raw):
+    y = int.from_bytes(raw, "little")
+    return point(y & ((1 << 255) - 1), y >> 255)
+B = point(4 * pow(5, p - 2, p) % p, 0)
+def verify(key, message, signature):
+    if len(key) != 32 or len(signature) != 64:
+        return False
+    A, R = decode(key), decode(signature[:32])
+    s = int.from_bytes(signature[32:], "little")
+    if A is None or R is None or s >= L:
+        return False
+    k = int.from_bytes(hashlib.sha512(signature[:32] + key + message).digest(), "little") % L
+    return same(mul(s, B), add(R, mul(k, A)))
+def main(pem_path, message_path, signature_path):
+    try:
+        pem, message, signature = [open(path, "rb").read() for path in (pem_path, message_path, signature_path)]
+        lines = [line.strip() for line in pem.decode("ascii", "replace").splitlines()]
+        begin, end = lines.index("-----BEGIN PUBLIC KEY-----"), lines.index("-----END PUBLIC KEY-----")
+        der = binascii.a2b_base64("".join(lines[begin + 1:end]))
+    except (OSError, ValueError) as exc:
+        print("cannot read %s as a PEM public key, or the signature files: %s" % (pem_path, exc))
+        sys.exit(2)
+    if len(der) != 44 or der[:12] != binascii.unhexlify("302a300506032b6570032100"):
+        print("%s is not an Ed25519 public key" % pem_path)
+        sys.exit(2)
+    print("ed25519:" + hashlib.sha256(der[12:]).hexdigest()[:32])
+    print("good" if verify(der[12:], message, signature) else "bad")
+main(*sys.argv[1:4])
+"""
+
+
 INSTALL_SH = r"""#!/bin/sh
 # Offline installer of airgap-install @VERSION@, written by 'airgap-bundle kit'.
 # Needs python3 and nothing else: no network, no pip, no venv. POSIX sh.
-# Usage: sh install.sh [--prefix DIR] [--no-link] [--link-dir DIR]   (sh install.sh --help)
+# Usage: sh install.sh --fingerprint ed25519:... [--prefix DIR] [--no-link]   (sh install.sh --help)
+# Before anything is written on the host: the signature of SHA256SUMS (SHA256SUMS.sig, by the
+# key in release.pub, which must be the key the user trusts), then SHA256SUMS itself.
 set -eu
 umask 022   # a system-wide install: readable by every user
 
@@ -527,15 +664,24 @@ KIT_PLATFORMS='@PLATFORMS@'
 KIT_PIP_WHEEL='@PIP_WHEEL@'
 MIN_PYTHON='@MIN_PYTHON@'
 DIST='@DIST@'
+KIT_SIGNER='@SIGNER@'   # the fingerprint of the key the kit says signed it; shown, never trusted by itself
+KIT_VERIFY_PY='@VERIFY_PY@'
 
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'install.sh: %s\n' "$*"; }
 
 usage() {
   cat <<EOF
-Usage: sh install.sh [--prefix DIR] [--no-link] [--link-dir DIR] [--standalone]
+Usage: sh install.sh --fingerprint ed25519:HEX [--prefix DIR] [--no-link] [--link-dir DIR] [--standalone]
 
 Install airgap-install $KIT_VERSION from this kit, with no network.
+  --fingerprint FP the fingerprint of the release key you trust (ed25519: and 32 hex
+                   digits), from the key's owner: 'airgap-bundle keygen' printed it when
+                   it made the key. The kit must be signed by that key. Without it, on a
+                   terminal, the kit's signer is shown for you to confirm or type in
+  --insecure-skip-kit-signature
+                   do not check the kit's signature (anyone who could change the kit
+                   on its way here could then run code here); SHA256SUMS is still checked
   --prefix DIR     install into DIR/lib, with the command DIR/bin/airgap-install
                    (default: @PREFIX@)
   --no-link        do not link the command into the link folder
@@ -544,13 +690,29 @@ Install airgap-install $KIT_VERSION from this kit, with no network.
   --link-dir DIR   where to link the command (default: /usr/local/bin, when writable)
   -h, --help       this text
 
-The kit's SHA256SUMS is checked first. Python: \$PYTHON if set, else the first of
+First the signature: SHA256SUMS.sig must be the signature of SHA256SUMS by the key in
+release.pub, and that key's fingerprint the trusted one (checked with python3, any
+version, else with openssl >= 1.1.1); then SHA256SUMS. Python: \$PYTHON if set, else the first of
 python3, python3.X ... on PATH that the kit has wheels for (Python $KIT_PYTHONS,
 $KIT_PLATFORMS). Running it again replaces the previous install.
 EOF
 }
 
+# ed25519:<32 hex digits>, in lower case; fails on anything else
+normal_fingerprint() {
+  _f=$(printf '%s' "$1" | tr -d ' \t' | tr '[:upper:]' '[:lower:]')
+  _f=${_f#ed25519:}
+  case $_f in *[!0-9a-f]*|'') return 1 ;; esac
+  [ ${#_f} -eq 32 ] || return 1
+  printf 'ed25519:%s\n' "$_f"
+}
+bad_fingerprint() {
+  die "--fingerprint $1: expected ed25519: and 32 hex digits, as 'airgap-bundle keygen' prints it"
+}
+
 prefix='@PREFIX@'
+trusted=
+skip_signature=no
 standalone=no
 link=yes
 link_dir=/usr/local/bin
@@ -558,6 +720,10 @@ while [ $# -gt 0 ]; do
   case $1 in
     --prefix) [ $# -ge 2 ] || die "--prefix needs a folder"; prefix=$2; shift 2 ;;
     --prefix=*) prefix=${1#--prefix=}; shift ;;
+    --fingerprint) [ $# -ge 2 ] || die "--fingerprint needs the release key's fingerprint (ed25519:...)"
+      trusted=$(normal_fingerprint "$2") || bad_fingerprint "$2"; shift 2 ;;
+    --fingerprint=*) trusted=$(normal_fingerprint "${1#--fingerprint=}") || bad_fingerprint "${1#--fingerprint=}"; shift ;;
+    --insecure-skip-kit-signature) skip_signature=yes; shift ;;
     --no-link) link=no; shift ;;
     --standalone) standalone=yes; shift ;;
     --link-dir) [ $# -ge 2 ] || die "--link-dir needs a folder"; link_dir=$2; shift 2 ;;
@@ -656,6 +822,89 @@ if [ "$standalone" = no ]; then
   case $python in *"'"*) die "$python: a quote in the interpreter's path is not supported" ;; esac
 fi
 
+# ---- the kit's signature: SHA256SUMS signed by the release key the user trusts -------------
+# A python3 of any version runs the verifier written above (from /, with -E -s: nothing of the
+# kit, which is not trusted yet, nor of the environment, is imported); else openssl >= 1.1.1.
+verify_with_python() {
+  (cd / && "$1" -E -s -c "$KIT_VERIFY_PY" "$kit/release.pub" "$kit/SHA256SUMS" "$kit/SHA256SUMS.sig") 2>&1
+}
+usable_openssl() {
+  command -v openssl >/dev/null 2>&1 || return 1
+  case $(openssl version 2>/dev/null) in
+    "OpenSSL 1.1.1"*|"OpenSSL "[3-9].*) return 0 ;;
+  esac
+  return 1
+}
+verify_with_openssl() {
+  _der=$(openssl pkey -pubin -in release.pub -outform DER 2>/dev/null | od -An -v -tx1 | tr -d ' \n')
+  case $_der in
+    302a300506032b6570032100*) [ ${#_der} -eq 88 ] || { echo "release.pub is not an Ed25519 public key"; return 2; } ;;
+    *) echo "release.pub is not an Ed25519 public key"; return 2 ;;
+  esac
+  printf 'ed25519:%s\n' "$(openssl pkey -pubin -in release.pub -outform DER | tail -c 32 | openssl dgst -sha256 -r | cut -c1-32)"
+  if _out=$(openssl pkeyutl -verify -pubin -inkey release.pub -rawin -in SHA256SUMS -sigfile SHA256SUMS.sig 2>&1); then
+    echo good
+  elif [ "$(wc -c <SHA256SUMS.sig)" -ne 64 ] || printf '%s' "$_out" | grep -q 'Verification Failure'; then
+    echo bad
+  else
+    printf 'openssl pkeyutl could not check it: %s\n' "$(printf '%s' "$_out" | head -n 3 | tr '\n' ' ')"
+    return 2
+  fi
+}
+
+if [ "$skip_signature" = yes ]; then
+  {
+    echo "install.sh: WARNING: ************************************************************************"
+    echo "install.sh: WARNING: --insecure-skip-kit-signature: the kit's signature is NOT checked."
+    echo "install.sh: WARNING: Nothing proves this kit comes from the release key's owner: whoever could change"
+    echo "install.sh: WARNING: it on its way here (a wheel, and SHA256SUMS with it) runs their code on this host."
+    echo "install.sh: WARNING: SHA256SUMS is still checked, which finds damage only."
+    echo "install.sh: WARNING: ************************************************************************"
+  } >&2
+else
+  [ -n "$KIT_SIGNER" ] || die "this kit is not signed (made with 'airgap-bundle kit --unsigned'): nothing proves who made it; nothing was installed. Ask its maker for a signed kit (airgap-bundle kit --key RELEASE_KEY), or run with --insecure-skip-kit-signature, knowing what that means"
+  for f in release.pub SHA256SUMS.sig; do
+    [ -f "$f" ] || die "$f is missing from $kit: the kit's signature cannot be checked; copy the whole folder again"
+  done
+  if [ -z "$trusted" ]; then
+    how_to="give the release key's fingerprint: sh $0 --fingerprint ed25519:... (get it from the release key's owner, not from this kit: 'airgap-bundle keygen' printed it when it made the key, 'airgap-bundle kit' prints it with every kit)"
+    [ -t 0 ] || die "no --fingerprint, and no terminal to confirm the kit's signer on; $how_to; nothing was installed"
+    {
+      echo "install.sh: this kit says it is signed by the release key $KIT_SIGNER"
+      echo "install.sh: trust it only if that is the fingerprint the release key's owner gave you (not one read from the kit)"
+      printf 'install.sh: type yes if it is, or type the fingerprint you were given: '
+    } >&2
+    answer=
+    read -r answer || true
+    case $answer in
+      yes|YES|Yes) trusted=$KIT_SIGNER ;;
+      *) trusted=$(normal_fingerprint "$answer") || die "not confirmed ('$answer' is neither yes nor ed25519:<32 hex digits>); $how_to; nothing was installed" ;;
+    esac
+  fi
+  verifier=
+  if [ "$standalone" = no ]; then
+    verifier=$python
+  else
+    for cand in ${PYTHON:-} python3; do
+      if command -v "$cand" >/dev/null 2>&1 && py_version "$cand" >/dev/null; then verifier=$cand; break; fi
+    done
+  fi
+  if [ -n "$verifier" ]; then
+    checked=$(verify_with_python "$verifier") || die "cannot check the kit's signature: $checked"
+    checked_with="python3, $verifier"
+  elif usable_openssl; then
+    checked=$(verify_with_openssl) || die "cannot check the kit's signature: $checked"
+    checked_with="openssl, $(openssl version)"
+  else
+    die "cannot check the kit's signature: this host has no python3 and no openssl >= 1.1.1 ($(openssl version 2>/dev/null || echo 'no openssl on PATH')); install either (the distribution's openssl package is enough), or run with --insecure-skip-kit-signature, knowing what that means; nothing was installed"
+  fi
+  signer=$(printf '%s\n' "$checked" | sed -n 1p)
+  verdict=$(printf '%s\n' "$checked" | sed -n 2p)
+  [ "$signer" = "$trusted" ] || die "the kit's key (release.pub) is $signer, not the trusted $trusted: this kit was not signed by the key you trust; nothing was installed. Check the fingerprint with the release key's owner"
+  [ "$verdict" = good ] || die "bad signature: SHA256SUMS.sig is not a signature of SHA256SUMS by $trusted: the kit was changed after it was signed, or damaged; nothing was installed; get the kit again from its maker"
+  say "kit signature good: SHA256SUMS signed by the trusted key $trusted (checked with $checked_with)"
+fi
+
 # ---- the kit's integrity ------------------------------------------------------------------
 for f in wheels/* compose/* standalone/*; do
   [ -e "$f" ] || continue
@@ -669,8 +918,10 @@ if command -v sha256sum >/dev/null 2>&1; then
 elif [ "$standalone" = yes ]; then
   die "cannot check SHA256SUMS: this host has neither sha256sum (coreutils) nor python3"
 else
-  report=$("$python" -c '
-import hashlib, sys
+  # from /, with -E -s: nothing in the kit folder (not checked yet) can be imported
+  report=$(cd / && "$python" -E -s -c '
+import hashlib, os, sys
+os.chdir(sys.argv[1])
 bad = []
 for line in open("SHA256SUMS"):
     if not line.strip():
@@ -686,7 +937,7 @@ for line in open("SHA256SUMS"):
         bad.append(name + ": FAILED")
 print(" ".join(bad))
 sys.exit(1 if bad else 0)
-' 2>&1) || die "SHA256SUMS check failed, the kit is damaged or was changed; copy it again. $report"
+' "$kit" 2>&1) || die "SHA256SUMS check failed, the kit is damaged or was changed; copy it again. $report"
 fi
 if [ "$standalone" = yes ]; then
   say "kit checked against SHA256SUMS; standalone airgap-install (no Python)"

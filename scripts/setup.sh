@@ -6,7 +6,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-PACKAGES=(docker.io docker-compose docker-registry busybox-static zstd iproute2 util-linux)
+# openssl: the kit test checks install.sh's openssl path (hosts without python3)
+PACKAGES=(docker.io docker-compose docker-registry busybox-static zstd iproute2 util-linux openssl)
 
 say() { echo "setup: $*"; }
 
