@@ -5,7 +5,7 @@
 #     upstream image), a build engine, and an air-gapped target engine in the network
 #     namespace "airgap" (loopback only)
 #  3. connected side: bundle AI-Infra Matrix v0.3.5 from the stand-in source tree into
-#     dist/aimatrix-v0.3.5.tar.zst (signed with a demo key) plus the offline installer kit
+#     dist/aimatrix-v0.3.5.tar.zst plus the offline installer kit, both signed with a demo key
 #  4. isolated side, inside the namespace: install airgap-install from the kit, install the
 #     archive into the target engine, wait until healthy, show the status and an endpoint
 set -euo pipefail
@@ -32,7 +32,9 @@ python3 -m tests.harness reset-target
 rm -rf dist/demo-host
 isolated() { nsenter --net="/var/run/netns/$HARNESS_NETNS" env DOCKER_HOST="$TARGET_DOCKER_HOST" "$@"; }
 isolated ip -4 route show default | grep -q . && { echo "the namespace has a route out" >&2; exit 1; }
-isolated sh dist/airgap-install-kit-*/install.sh --prefix "$here/dist/demo-host/airgap-install" --no-link
+# the release key's fingerprint, as its owner gives it to the site (keygen printed it); the kit must be signed by it
+fingerprint=$(python3 -c 'import sys; from installer.signing import fingerprint, load_public_key; print(fingerprint(load_public_key(sys.argv[1])))' dist/demo-keys/release.pub)
+isolated sh dist/airgap-install-kit-*/install.sh --fingerprint "$fingerprint" --prefix "$here/dist/demo-host/airgap-install" --no-link
 install_tool="$here/dist/demo-host/airgap-install/bin/airgap-install"
 isolated "$install_tool" install dist/aimatrix-v0.3.5.tar.zst \
     --pubkey dist/demo-keys/release.pub --prefix "$here/dist/demo-host/aimatrix"

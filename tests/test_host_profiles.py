@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from installer.signing import fingerprint, load_public_key
 from tests.harness import SOURCE_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +106,8 @@ def test_the_kit_installs_the_stack_offline_on_this_kind_of_host(harness, releas
     harness.reset_target()
     tool, site = tmp_path / "tool", tmp_path / "site"
     script = (
-        f"sh {shlex.quote(str(release['kit'] / 'install.sh'))} --prefix {tool} --no-link && "
+        f"sh {shlex.quote(str(release['kit'] / 'install.sh'))} --fingerprint "
+        f"{fingerprint(load_public_key(release['pubkey']))} --prefix {tool} --no-link && "
         f"{tool}/bin/airgap-install install {release['archive']} --pubkey {release['pubkey']} --prefix {site} --timeout 240 "
         f"{spec.get('args', '')} && "
         f"{tool}/bin/airgap-install status --prefix {site} && "

@@ -16,6 +16,7 @@ import pytest
 import zstandard
 
 from installer.archive import read_header
+from installer.signing import fingerprint, load_public_key
 from tests.harness import SOURCE_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +106,8 @@ def installed(harness, release, tmp_path_factory) -> dict:
     clear_default_socket_leftover()
     socket_before = default_socket_state()
     site = tmp_path_factory.mktemp("site")
-    in_namespace(harness, "sh", str(release["kit"] / "install.sh"), "--prefix", str(site / "tool"), "--no-link")
+    in_namespace(harness, "sh", str(release["kit"] / "install.sh"), "--fingerprint",
+                 fingerprint(load_public_key(release["pubkey"])), "--prefix", str(site / "tool"), "--no-link")
     tool = site / "tool" / "bin" / "airgap-install"
     prefix = site / "aimatrix"
     result = in_namespace(harness, str(tool), "install", str(release["archive"]), "--pubkey", str(release["pubkey"]),
