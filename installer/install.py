@@ -119,7 +119,7 @@ def preflight(options: InstallOptions, say: Say, bundle: VerifiedBundle,
     header = bundle.header
     prefix = prefix or options.prefix or Path("/opt") / header.name
     try:
-        values = resolve_env(header, read_env(prefix / ENV_FILE), options.sets).values
+        values = resolve_env(header, read_env(prefix / ENV_FILE, fix_mode=False), options.sets).values
     except SiteError as exc:
         raise InstallError(str(exc)) from None
     try:

@@ -73,11 +73,12 @@ def parse_sets(items: Iterable[str]) -> dict[str, str]:
     return result
 
 
-def read_env(path: Path, warn: Optional[Callable[[str], None]] = None) -> dict[str, str]:
+def read_env(path: Path, warn: Optional[Callable[[str], None]] = None, *, fix_mode: bool = True) -> dict[str, str]:
     """Read a KEY=VALUE file (blank lines and # comments ignored; lines end at ``\\n`` only).
 
     The file holds secrets: one readable by others (restored from a backup at 0644, say)
-    is made 0600 again at once, saying so through ``warn`` (default: stderr).
+    is made 0600 again at once, saying so through ``warn`` (default: stderr). Checks that
+    must change nothing (preflight, before the archive is verified) pass ``fix_mode=False``.
     """
     values: dict[str, str] = {}
     try:
@@ -90,7 +91,8 @@ def read_env(path: Path, warn: Optional[Callable[[str], None]] = None) -> dict[s
                             "(replace the link with the file it points to)") from None
         raise SiteError(f"{path}: cannot read it ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as handle:
-        _make_private(handle.fileno(), path, warn)
+        if fix_mode:
+            _make_private(handle.fileno(), path, warn)
         data = handle.read()
     try:
         text = data.decode("utf-8")
