@@ -233,7 +233,7 @@ def _installed(prefix: Optional[Path], compose_preference: Optional[str] = None)
     if release is None:
         raise InstallError(f"nothing is installed in {prefix} (no {prefix}/current); run 'airgap-install install' first")
     header = read_release_header(release)
-    project = ComposeProject(find_compose(compose_preference), header.release.get("project", header.name), release, prefix / ENV_FILE)
+    project = ComposeProject(find_compose(compose_preference), header.spec.project, release, prefix / ENV_FILE)
     return prefix, header, project
 
 
@@ -257,7 +257,7 @@ def status_command(prefix: Optional[Path], as_json: bool, compose_preference) ->
     """Show the active release and each service's state and health. Exit 1 if any service is not ready."""
     prefix, header, project = _installed(prefix, compose_preference)
     client = engine_ops.connect()
-    states = service_states(client, project.name, header.release.get("services", []), header.release.get("oneshot", []))
+    states = service_states(client, project.name, header.spec.services, header.spec.oneshot)
     healthy = all(s.ready for s in states)
     if as_json:
         click.echo(json.dumps({"bundle": header.name, "version": header.version, "prefix": str(prefix),
@@ -280,7 +280,7 @@ def status_command(prefix: Optional[Path], as_json: bool, compose_preference) ->
 def logs_command(service: str, prefix: Optional[Path], follow: bool, tail: Optional[int], compose_preference) -> None:
     """Show a service's logs."""
     _, header, project = _installed(prefix, compose_preference)
-    services = header.release.get("services", [])
+    services = header.spec.services
     if service not in services:
         raise InstallError(f"no service {service!r} in {header.name} {header.version} (services: {', '.join(services)})")
     result = subprocess.run(project.logs_argv(service, tail, follow), cwd=project.directory, stdin=subprocess.DEVNULL,
@@ -313,7 +313,7 @@ def restart_command(services: tuple[str, ...], prefix: Optional[Path], timeout: 
     A stopped stack (after 'down') is started again from the images on this host.
     """
     prefix, header, project = _installed(prefix, compose_preference)
-    known = header.release.get("services", [])
+    known = header.spec.services
     unknown = [s for s in services if s not in known]
     if unknown:
         raise InstallError(f"no service {unknown[0]!r} in {header.name} {header.version} (services: {', '.join(known)})")
@@ -323,13 +323,13 @@ def restart_command(services: tuple[str, ...], prefix: Optional[Path], timeout: 
         raise InstallError("images the stack needs are missing on this host (restart never pulls); "
                            "re-run 'airgap-install install ARCHIVE'", missing)
     with prefix_lock(prefix):
-        states = service_states(client, project.name, known, header.release.get("oneshot", []))
+        states = service_states(client, project.name, known, header.spec.oneshot)
         if any(s.container is None for s in states if not s.oneshot):
             prepare_host_paths(project, header, read_env(project.env_file))
             project.up(timeout=timeout)
         else:
             project.restart(services, timeout=timeout)
-        ok, states = wait_until_ready(client, project.name, known, header.release.get("oneshot", []), timeout,
+        ok, states = wait_until_ready(client, project.name, known, header.spec.oneshot, timeout,
                                       on_change=lambda s: say(f"  {s.service}: {s.summary()}"))
     if not ok:
         raise InstallError("not healthy after restart", [f"{s.service}: {s.summary()} {s.last_health_output}" for s in states if not s.ready], 3)

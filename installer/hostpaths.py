@@ -51,10 +51,9 @@ class HostMount:
 def host_mounts(header: BundleHeader, values: Mapping[str, str]) -> list[HostMount]:
     """The release's host bind mounts, with the site's values filled in where a path names ``${VAR}``."""
     return [
-        HostMount(service=str(entry["service"]), source=fill_template(str(entry["source"]), dict(values)),
-                  target=fill_template(str(entry["target"]), dict(values)), read_only=bool(entry.get("read_only")))
-        for entry in header.release.get("host_mounts", [])
-        if isinstance(entry, dict)  # older headers listed "service: path" strings, without the container path
+        HostMount(service=entry.service, source=fill_template(entry.source, dict(values)),
+                  target=fill_template(entry.target, dict(values)), read_only=entry.read_only)
+        for entry in header.spec.host_mounts  # older headers' "service: path" strings are left out by the spec
     ]
 
 

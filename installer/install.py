@@ -169,7 +169,7 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
             fallback = last_healthy(prefix)
             activate(prefix, release)
             clock.lap("site")
-            project = ComposeProject(report.compose, header.release.get("project", header.name), release, prefix / ENV_FILE)
+            project = ComposeProject(report.compose, header.spec.project, release, prefix / ENV_FILE)
             states = up_or_roll_back(client, prefix, project, header, fallback, options.timeout, say)
             clock.lap("up")
             return InstallResult(prefix=prefix, release=release, loaded_images=loaded,
@@ -330,7 +330,7 @@ def rollback(prefix: Path, compose_preference: Optional[str], timeout: float, sa
             raise InstallError(f"{target.name}'s images are no longer on this host; install its archive instead", missing)
         say(f"rollback: {current.name} -> {target.name}")
         step_back(prefix, target)
-        project = ComposeProject(find_compose(compose_preference), header.release.get("project", header.name), target,
+        project = ComposeProject(find_compose(compose_preference), header.spec.project, target,
                                  prefix / ENV_FILE)
         bring_up(client, project, header, timeout, say)
         mark_healthy(prefix, target)
@@ -361,10 +361,10 @@ def fill_in_names(client: docker.DockerClient, header: BundleHeader, say: Say) -
 
 def bring_up(client: docker.DockerClient, project: ComposeProject, header: BundleHeader, timeout: float, say: Say) -> list[ServiceState]:
     """compose up (no pulls), then wait until every service is ready; InstallError naming what is not."""
-    services = header.release.get("services", [])
-    oneshot = header.release.get("oneshot", [])
+    services = header.spec.services
+    oneshot = header.spec.oneshot
     values = read_env(project.env_file)
-    write_env_files(project.directory, header.release.get("env_files", {}), values)
+    write_env_files(project.directory, header.spec.env_files, values)
     prepare_host_paths(project, header, values)
     say(f"up: {project.name} with {project.cli.describe()} ({len(services)} services)")
     up_error: Optional[str] = None
@@ -403,8 +403,4 @@ def prepare_host_paths(project: ComposeProject, header: BundleHeader, values: di
 
 def resolve_endpoints(header: BundleHeader, values: dict[str, str]) -> list[tuple[str, str]]:
     """The release's endpoints with site values filled in."""
-    result = []
-    for endpoint in header.release.get("endpoints", []):
-        url = fill_template(str(endpoint["url"]), values)
-        result.append((endpoint["name"], url))
-    return result
+    return [(endpoint.name, fill_template(endpoint.url, values)) for endpoint in header.spec.endpoints]

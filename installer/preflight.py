@@ -97,7 +97,7 @@ def run_preflight(
         checks.append(_disk_check("engine disk", Path(facts.data_root), 2 * report.load_plan.layer_bytes))
     release_bytes = sum(m.size for m in header.members if m.path.startswith("release/"))
     checks.append(_disk_check("prefix disk", prefix, release_bytes + 64 * 1024))
-    project = header.release.get("project", header.name)
+    project = header.spec.project
     checks.extend(_port_checks(header, client, project, site_values))
     checks.extend(host_path_checks(header, site_values, docker_host()))
     return report
@@ -135,15 +135,15 @@ def _mb(size: int) -> str:
 def published_ports(header: BundleHeader, values: dict[str, str]) -> list[tuple[str, int, str]]:
     """(service, host port, protocol) of every published port, variables filled in."""
     result = []
-    for entry in header.release.get("ports", []):
-        spec = fill_template(str(entry["spec"]), values)
+    for entry in header.spec.ports:
+        spec = fill_template(entry.spec, values)
         protocol = "udp" if spec.endswith("/udp") else "tcp"
         parts = spec.split("/")[0].split(":")
         if len(parts) < 2:
             continue  # container port only: the engine picks a free host port
         host_port = parts[-2]
         if host_port.isdigit():
-            result.append((entry["service"], int(host_port), protocol))
+            result.append((entry.service, int(host_port), protocol))
     return result
 
 

@@ -135,8 +135,8 @@ def resolve_env(header: BundleHeader, existing: dict[str, str], sets: dict[str, 
     Secrets already in the site file are kept (a re-install never rotates
     them); ``--set`` may override a variable or a secret; every value is checked.
     """
-    variables = header.release.get("variables", {})
-    secret_specs = header.release.get("secrets", {})
+    variables = header.spec.variables
+    secret_specs = header.spec.secrets
     known = set(variables) | set(secret_specs)
     unknown = sorted(set(sets) - known)
     if unknown:
@@ -144,13 +144,13 @@ def resolve_env(header: BundleHeader, existing: dict[str, str], sets: dict[str, 
     values: dict[str, str] = {}
     templates = {}
     for name, spec in variables.items():
-        if spec.get("template") and name not in sets:
-            templates[name] = spec["template"]
+        if spec.template and name not in sets:
+            templates[name] = spec.template
             continue
-        values[name] = sets.get(name, existing.get(name, spec.get("default", "")))
-        if spec.get("required") and not values[name]:
+        values[name] = sets.get(name, existing.get(name, spec.default))
+        if spec.required and not values[name]:
             raise SiteError(f"{name}: {header.name} needs a value for it; give one with --set {name}=VALUE")
-        _check_value(name, values[name], spec.get("pattern"), show=not spec.get("template"))
+        _check_value(name, values[name], spec.pattern, show=not spec.template)
     generated = []
     for name, spec in secret_specs.items():
         if name in sets:
@@ -158,13 +158,13 @@ def resolve_env(header: BundleHeader, existing: dict[str, str], sets: dict[str, 
         elif existing.get(name):
             values[name] = existing[name]
         else:
-            alphabet = ALPHABETS.get(spec.get("alphabet", "alnum"), ALPHABETS["alnum"])
-            values[name] = "".join(secret_source.choice(alphabet) for _ in range(int(spec.get("length", 32))))
+            alphabet = ALPHABETS.get(spec.alphabet, ALPHABETS["alnum"])
+            values[name] = "".join(secret_source.choice(alphabet) for _ in range(spec.length))
             generated.append(name)
         _check_value(name, values[name], None)
     for name, template in templates.items():  # e.g. DATABASE_URL from the user, password and host above
         values[name] = fill_template(template, values)
-        _check_value(name, values[name], variables[name].get("pattern"))
+        _check_value(name, values[name], variables[name].pattern)
     ordered = {name: values[name] for name in list(variables) + list(secret_specs) if name in values}
     for name, value in existing.items():
         if name not in ordered:  # kept from an earlier release
@@ -289,7 +289,7 @@ def _link_site_paths(prefix: Path, staging: Path, header: BundleHeader) -> None:
     A data folder is seeded from the release's copy the first time; after that the
     site's own content is kept, whatever later releases ship.
     """
-    for relative in header.release.get("state_dirs", []):
+    for relative in header.spec.state_dirs:
         where = _inside(staging, relative)
         target = _inside(prefix / DATA, relative)
         if not target.exists():

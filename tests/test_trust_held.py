@@ -110,3 +110,18 @@ def test_the_stored_header_and_release_files_come_from_the_held_archive(tmp_path
         release = write_release(tmp_path / "site", bundle.handle, bundle.header, bundle.header_bytes)
     assert (release / "docker-compose.yml").read_bytes() == b"services: {}\n"
     assert json.loads((release / "bundle.json").read_bytes())["release"] == {"project": "demo"}
+
+
+@pytest.mark.parametrize("release, problem", [
+    ({"secrets": {"TOKEN": {"length": 3_000_000_000}}}, "release.secrets.TOKEN.length"),
+    ({"variables": {"X": {"default": "a", "pattern": "a" * 600}}}, "release.variables.X.pattern: longer than 512"),
+    ({"variables": {"BAD NAME": {"default": "a"}}}, "is not a variable name"),
+    ({"services": ["../etc"]}, "is not a service name"),
+    ({"env_files": {"x.env": ["A\nB=1"]}}, "is not a variable name"),
+])
+def test_the_release_spec_is_typed_and_bounded_before_anyone_reads_it(tmp_path: Path, keys, release, problem) -> None:
+    """Even signed by the trusted key, a header no bundler would write is refused at once, naming the key."""
+    archive = tmp_path / "odd.tar.zst"
+    write_header_only(archive, keys["genuine"], {"project": "demo", **release})
+    with pytest.raises(VerificationError, match=problem.replace(".", r"\.").replace("(", r"\(")):
+        verify_archive(archive, [load_public_key(keys["pub"])])

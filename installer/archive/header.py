@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .layout import FORMAT, check_member_name, digest_hex
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .release import ReleaseSpec
 
 
 class HeaderError(ValueError):
@@ -96,6 +100,17 @@ class BundleHeader:
                 raise HeaderError(f"bundle.json: member {member.path!r} is listed twice")
             seen.add(member.path)
         return header
+
+    @property
+    def spec(self) -> "ReleaseSpec":
+        """The release spec, typed and bounded (HeaderError if the header's ``release`` is malformed)."""
+        from .release import ReleaseSpec
+
+        cached = self.__dict__.get("_spec")
+        if cached is None:
+            cached = ReleaseSpec.from_dict(self.release, self.name)
+            self.__dict__["_spec"] = cached
+        return cached
 
     def member(self, path: str) -> Optional[MemberRecord]:
         """The record of the member at ``path``, if any."""

@@ -151,6 +151,7 @@ def open_signed(
         signer = _check_signature(path, signed, keys, allow_untrusted)
         try:
             header = BundleHeader.from_bytes(signed.header)
+            header.spec  # the release spec's types and bounds, checked before anyone reads it
         except HeaderError as exc:
             raise VerificationError(f"{path}: {exc}") from None
     except BaseException:
