@@ -16,8 +16,8 @@ from .archive import VerificationError, verify_archive
 from .archive.reader import ArchiveFormatError
 from .compose import ComposeError, ComposeProject, find_compose
 from .health import service_states, wait_until_ready
-from .install import (InstallError, InstallOptions, install, open_for_install, prefix_lock, prepare_host_paths, preflight,
-                      rollback)
+from .install import InstallError, InstallOptions, install, open_for_install, prefix_lock, preflight, rollback
+from .runners import prepare_host_paths
 from .lock import LockError
 from .signing import KeyFileError
 from .childenv import child_environment

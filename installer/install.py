@@ -1,24 +1,23 @@
-"""The install: preflight, verify, load what is missing, fill in names, write the site, up, wait.
+"""The install core: signature, preflight, digests, images to their destination, the site, the stack up.
 
 Nothing reaches the engine or the install directory before the signature
-and every digest of the archive have checked out.
+and every digest of the archive have checked out. Where images go is an
+:class:`~installer.destinations.ImageDestination` and how the stack runs a
+:class:`~installer.runners.StackRunner`: each new kind is one new module.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import docker
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import engine as engine_ops
 from .archive import BundleHeader, VerificationError, VerifiedBundle, open_signed
-from .compose import ComposeError, ComposeProject
-from .health import ServiceState, last_log_lines, wait_until_ready
-from .hostpaths import HostPathError, write_site_override
-from .loader import LoadPlan, docker_archive_stream, missing_members_in_archive, read_ahead
+from .health import ServiceState
 from .lock import prefix_lock
 from .preflight import PreflightReport, run_preflight
 from .site import (
@@ -37,21 +36,13 @@ from .site import (
     step_back,
     write_env,
     fill_template,
-    write_env_files,
     write_release,
 )
+from .destinations import ImageDestination, LocalEngine
+from .errors import InstallError, Say
+from .runners import ComposeRunner, StackRunner
 from .versions import compare
 
-Say = Callable[[str], None]
-
-
-class InstallError(Exception):
-    """The install stopped; ``details`` lists what failed and what to do."""
-
-    def __init__(self, message: str, details: Sequence[str] = (), exit_code: int = 1):
-        super().__init__(message)
-        self.details = list(details)
-        self.exit_code = exit_code
 
 
 @dataclass
@@ -159,21 +150,21 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
             clock.lap("preflight")
             verify_members(bundle, say)
             check_version_order(prefix, header, options)
-            refuse_delta_without_base(header, report.load_plan)
-            clock.lap("verify")
             client = engine_ops.connect()
-            loaded = load_missing(client, bundle, report.load_plan, say)
-            tagged = fill_in_names(client, header, say)
+            destination: ImageDestination = LocalEngine(client, report.load_plan)
+            destination.check(header)
+            clock.lap("verify")
+            delivered = destination.deliver(bundle, say)
             clock.lap("load")
             release, env = write_site(prefix, options, bundle, say)
             fallback = last_healthy(prefix)
             activate(prefix, release)
             clock.lap("site")
-            project = ComposeProject(report.compose, header.spec.project, release, prefix / ENV_FILE)
-            states = up_or_roll_back(client, prefix, project, header, fallback, options.timeout, say)
+            runner: StackRunner = ComposeRunner(client, report.compose, prefix / ENV_FILE)
+            states = up_or_roll_back(runner, prefix, release, header, fallback, options.timeout, say)
             clock.lap("up")
-            return InstallResult(prefix=prefix, release=release, loaded_images=loaded,
-                                 loaded_layer_bytes=report.load_plan.layer_bytes, tagged=tagged,
+            return InstallResult(prefix=prefix, release=release, loaded_images=delivered.loaded,
+                                 loaded_layer_bytes=delivered.layer_bytes, tagged=delivered.tagged,
                                  generated_secrets=env.generated, states=states,
                                  endpoints=resolve_endpoints(header, env.values), seconds=time.monotonic() - started,
                                  timings=clock.timings)
@@ -189,32 +180,6 @@ def verify_members(bundle: VerifiedBundle, say: Say) -> None:
     say(f"  ok: {len(bundle.header.members)} members")
 
 
-def refuse_delta_without_base(header: BundleHeader, plan: LoadPlan) -> None:
-    """A delta whose left-out images or layers the engine lacks is refused before anything changes."""
-    absent = missing_members_in_archive(header, plan)
-    if absent:
-        base = (header.base or {}).get("version", "an earlier release")
-        raise InstallError(
-            f"this archive is a delta built against {header.name} {base}, and the engine lacks {len(absent)} of the "
-            f"images or layers it leaves out; install {base} first (or use the full archive). Nothing was changed.",
-            absent[:10],
-        )
-
-
-def load_missing(client: docker.DockerClient, bundle: VerifiedBundle, plan: LoadPlan, say: Say) -> list[str]:
-    """Stream what the engine lacks from the held, verified archive into its load; return the names it reported."""
-    bundle.require_checked()
-    if plan.empty:
-        say("load: the engine already has every image; nothing to load")
-        return []
-    say(f"load: {len(plan.images)} image(s), {len(plan.layers)} layer(s), {plan.layer_bytes / 1e6:.1f} MB "
-        f"(the engine has {len(plan.present_images)} image(s) already)")
-    try:
-        return engine_ops.load(client, read_ahead(docker_archive_stream(bundle.handle, bundle.header, plan)))
-    except VerificationError as exc:
-        raise InstallError(f"load aborted: {exc}") from None
-
-
 def write_site(prefix: Path, options: InstallOptions, bundle: VerifiedBundle, say: Say) -> tuple[Path, SiteEnv]:
     """The release folder (from the held, verified archive) and the environment file (secrets generated once)."""
     bundle.require_checked()
@@ -228,17 +193,17 @@ def write_site(prefix: Path, options: InstallOptions, bundle: VerifiedBundle, sa
     return release, env
 
 
-def up_or_roll_back(client: docker.DockerClient, prefix: Path, project: ComposeProject, header: BundleHeader,
+def up_or_roll_back(runner: StackRunner, prefix: Path, release: Path, header: BundleHeader,
                     fallback: Optional[Path], timeout: float, say: Say) -> list[ServiceState]:
     """Bring the release up; if it fails and an earlier release was healthy, return to that one."""
     try:
-        states = bring_up(client, project, header, timeout, say)
+        states = runner.bring_up(release, header, timeout, say)
     except InstallError as failure:
-        if fallback is None or fallback.name == project.directory.name:
+        if fallback is None or fallback.name == release.name:
             raise
-        roll_back_after_failure(client, prefix, project, fallback, failure, timeout, say)
+        roll_back_after_failure(runner, prefix, release, fallback, failure, timeout, say)
         raise  # roll_back_after_failure always raises
-    mark_healthy(prefix, project.directory)
+    mark_healthy(prefix, release)
     return states
 
 
@@ -292,22 +257,21 @@ def refuse_another_archive_of_the_same_version(prefix: Path, header: BundleHeade
                 "(or give the new build a new version)")
 
 
-def roll_back_after_failure(client: docker.DockerClient, prefix: Path, project: ComposeProject, fallback: Path,
+def roll_back_after_failure(runner: StackRunner, prefix: Path, release: Path, fallback: Path,
                             failure: InstallError, timeout: float, say: Say) -> None:
     """Return to ``fallback`` after a failed upgrade, bring it up, and raise saying what happened."""
-    say(f"ROLLBACK: {project.directory.name} did not become healthy; switching back to {fallback.name}")
+    say(f"ROLLBACK: {release.name} did not become healthy; switching back to {fallback.name}")
     old_header = read_release_header(fallback)
     step_back(prefix, fallback)
-    old_project = ComposeProject(project.cli, project.name, fallback, project.env_file)
     try:
-        bring_up(client, old_project, old_header, timeout, say)
+        runner.bring_up(fallback, old_header, timeout, say)
     except InstallError as second:
         raise InstallError(
-            f"upgrade to {project.directory.name} failed, and the rollback to {fallback.name} did not become healthy either",
+            f"upgrade to {release.name} failed, and the rollback to {fallback.name} did not become healthy either",
             failure.details + second.details, exit_code=4,
         ) from None
     raise InstallError(
-        f"upgrade to {project.directory.name} failed ({failure}); rolled back automatically to {fallback.name}, "
+        f"upgrade to {release.name} failed ({failure}); rolled back automatically to {fallback.name}, "
         "which is healthy", failure.details, exit_code=3,
     )
 
@@ -330,75 +294,9 @@ def rollback(prefix: Path, compose_preference: Optional[str], timeout: float, sa
             raise InstallError(f"{target.name}'s images are no longer on this host; install its archive instead", missing)
         say(f"rollback: {current.name} -> {target.name}")
         step_back(prefix, target)
-        project = ComposeProject(find_compose(compose_preference), header.spec.project, target,
-                                 prefix / ENV_FILE)
-        bring_up(client, project, header, timeout, say)
+        ComposeRunner(client, find_compose(compose_preference), prefix / ENV_FILE).bring_up(target, header, timeout, say)
         mark_healthy(prefix, target)
         return target
-
-
-def fill_in_names(client: docker.DockerClient, header: BundleHeader, say: Say) -> list[str]:
-    """Make every name the stack uses point at its image; report any name still missing."""
-    tagged = []
-    for image in header.images:
-        if engine_ops.image_id_of(client, image.id) is None:
-            continue
-        for name in image.targets:
-            if engine_ops.image_id_of(client, name) != image.id:
-                engine_ops.tag(client, image.id, name)
-                tagged.append(name)
-    missing = []
-    for image in header.images:
-        for source in image.sources or [{"target": t, "kind": "image", "key": "?"} for t in image.targets]:
-            if engine_ops.image_id_of(client, source["target"]) != image.id:
-                missing.append(f"{source['target']} ({source.get('kind')} from {source.get('key')}, image {image.id[7:19]})")
-    if missing:
-        raise InstallError("after loading, these names the stack uses are still missing (nothing is pulled):", missing)
-    if tagged:
-        say(f"names: tagged {len(tagged)} name(s) from loaded image IDs")
-    return tagged
-
-
-def bring_up(client: docker.DockerClient, project: ComposeProject, header: BundleHeader, timeout: float, say: Say) -> list[ServiceState]:
-    """compose up (no pulls), then wait until every service is ready; InstallError naming what is not."""
-    services = header.spec.services
-    oneshot = header.spec.oneshot
-    values = read_env(project.env_file)
-    write_env_files(project.directory, header.spec.env_files, values)
-    prepare_host_paths(project, header, values)
-    say(f"up: {project.name} with {project.cli.describe()} ({len(services)} services)")
-    up_error: Optional[str] = None
-    try:
-        project.up(timeout=timeout)
-    except ComposeError as exc:
-        up_error = str(exc)
-    ok, states = wait_until_ready(
-        client, project.name, services, oneshot, timeout=5 if up_error else timeout,
-        on_change=lambda s: say(f"  {s.service}: {s.summary()}"),
-    )
-    if ok:
-        say(f"healthy: {sum(1 for s in states if not s.oneshot)} service(s) up, {sum(1 for s in states if s.oneshot)} one-shot(s) done")
-        return states
-    details = []
-    for state in states:
-        if state.ready:
-            continue
-        detail = f"{state.service}: {state.summary()}"
-        if state.last_health_output:
-            detail += f"; last health check said: {state.last_health_output[-300:]}"
-        if state.container:
-            detail += "\n      last log lines:\n      " + last_log_lines(client, state.container, 10).replace("\n", "\n      ")
-        details.append(detail)
-    reason = f"compose up failed: {up_error}" if up_error else f"not healthy within {timeout:.0f}s"
-    raise InstallError(f"the stack did not become healthy ({reason})", details, exit_code=3)
-
-
-def prepare_host_paths(project: ComposeProject, header: BundleHeader, values: dict[str, str]) -> None:
-    """Before any compose up: check the host paths the stack mounts and write the site's override for this engine."""
-    try:
-        write_site_override(project.directory, header, values, engine_ops.docker_host())
-    except HostPathError as exc:
-        raise InstallError(f"{exc}; nothing was started", [exc.fix]) from None
 
 
 def resolve_endpoints(header: BundleHeader, values: dict[str, str]) -> list[tuple[str, str]]:
