@@ -91,8 +91,7 @@ def read_env(path: Path, warn: Optional[Callable[[str], None]] = None, *, fix_mo
                             "(replace the link with the file it points to)") from None
         raise SiteError(f"{path}: cannot read it ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as handle:
-        if fix_mode:
-            _make_private(handle.fileno(), path, warn)
+        _make_private(handle.fileno(), path, warn, fix=fix_mode)
         data = handle.read()
     try:
         text = data.decode("utf-8")
@@ -109,13 +108,20 @@ def read_env(path: Path, warn: Optional[Callable[[str], None]] = None, *, fix_mo
     return values
 
 
-def _make_private(fd: int, path: Path, warn: Optional[Callable[[str], None]]) -> None:
-    """Mode 0600 on the open file, warning when it was wider; SiteError if it is not a plain file or cannot be."""
+def _make_private(fd: int, path: Path, warn: Optional[Callable[[str], None]], fix: bool = True) -> None:
+    """Mode 0600 on the open file, warning when it was wider; SiteError if it is not a plain file or cannot be.
+
+    Without ``fix`` (a check that must change nothing) a wider mode is only warned about.
+    """
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise SiteError(f"{path}: not a plain file; it must be the site's KEY=VALUE file")
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077 == 0:
+        return
+    if not fix:
+        (warn or _warn_on_stderr)(f"WARNING: {path} holds the site's secrets and is mode {mode:04o}, readable by "
+                                  f"others; the install makes it 0600 (or run: chmod 600 {path})")
         return
     try:
         os.fchmod(fd, 0o600)

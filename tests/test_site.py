@@ -226,3 +226,14 @@ def test_a_malformed_set_never_shows_its_value(item: str) -> None:
     with pytest.raises(SiteError, match="expected KEY=VALUE") as refused:
         parse_sets([item])
     assert SECRET not in str(refused.value)
+
+
+def test_a_check_that_must_change_nothing_only_warns_about_a_wide_site_file(tmp_path: Path) -> None:
+    path = tmp_path / "site.env"
+    path.write_text("HTTP_PORT=8080\n")
+    path.chmod(0o644)
+    said: list[str] = []
+    assert read_env(path, said.append, fix_mode=False) == {"HTTP_PORT": "8080"}
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    assert said == [f"WARNING: {path} holds the site's secrets and is mode 0644, readable by others; "
+                    f"the install makes it 0600 (or run: chmod 600 {path})"]
