@@ -33,6 +33,7 @@ class Application:
     original: dict[str, Any]
     document: dict[str, Any]
     env: dict[str, EnvEntry] = field(default_factory=dict)
+    _defaults: Optional[dict[str, str]] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def project_dir(self) -> Path:
@@ -45,14 +46,16 @@ class Application:
         return self.document["services"]
 
     def env_defaults(self) -> dict[str, str]:
-        """Env file values, references among them filled in (as compose v2 reads a .env file)."""
-        values: dict[str, str] = {}
-        for entry in self.env.values():
-            try:
-                values[entry.name] = interpolate(entry.value, values) if entry.expands else entry.value
-            except InterpolationError:
-                values[entry.name] = entry.value
-        return values
+        """Env file values, references among them filled in (as compose v2 reads a .env file); computed once."""
+        if self._defaults is None:
+            values: dict[str, str] = {}
+            for entry in self.env.values():
+                try:
+                    values[entry.name] = interpolate(entry.value, values) if entry.expands else entry.value
+                except InterpolationError:
+                    values[entry.name] = entry.value
+            self._defaults = values
+        return dict(self._defaults)
 
     def image_of(self, service: str) -> Optional[str]:
         """The service's ``image:`` with the env file's values filled in (None if it has none)."""

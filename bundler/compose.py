@@ -80,6 +80,7 @@ class _Deriver:
         self.problems: list[str] = []
         self.warnings: list[str] = []
         self.env: dict[str, EnvEntry] = dict(app.env)
+        self.shipped_bytes = 0
         self.result = RenderedCompose(text="", services=[], oneshot=[], healthchecked=[], ports=[], files=[], host_mounts=[])
 
     def derive(self) -> RenderedCompose:
@@ -223,9 +224,10 @@ class _Deriver:
             self.result.state_dirs.append(relative)
 
     def _ship(self, relative: str, path: Path) -> None:
+        if relative not in self.result.file_sources:
+            self.shipped_bytes += path.stat().st_size
         self.result.file_sources[relative] = path
-        total = sum(p.stat().st_size for p in self.result.file_sources.values())
-        if total > MAX_SHIPPED_BYTES:
+        if self.shipped_bytes > MAX_SHIPPED_BYTES:
             self.problems.append(f"bind-mounted files add up to more than {MAX_SHIPPED_BYTES >> 20} MiB "
                                  f"(at {relative}); ship data in an image or a volume instead")
 
@@ -296,8 +298,8 @@ class _Deriver:
             refs = found.get(name, [])
             if name in manifest.secrets:
                 self.result.secrets[name] = manifest.secrets[name]
-            elif name not in manifest.variables and _secret_like(name, entry):
-                self.result.secrets[name] = _secret_spec(name, entry)
+            elif name not in manifest.variables and secret_like(name, entry):
+                self.result.secrets[name] = secret_spec(name, entry)
             else:
                 self.result.variables[name] = _variable(name, entry, refs, manifest.variables.get(name))
         for endpoint in manifest.endpoints:
@@ -313,7 +315,8 @@ def _is_instance_of(path: Path, template: Path) -> bool:
         template.name == path.name + suffix for suffix in (".example", ".sample", ".template", ".dist", "-example"))
 
 
-def _secret_like(name: str, entry: Optional[EnvEntry]) -> bool:
+def secret_like(name: str, entry: Optional[EnvEntry]) -> bool:
+    """A site setting generated on the site: built from no other value, and a secret-looking name or a placeholder."""
     if entry is not None and entry.expands:
         return False  # filled in from other values on the site
     value = entry.value if entry is not None else None
@@ -322,7 +325,8 @@ def _secret_like(name: str, entry: Optional[EnvEntry]) -> bool:
     return bool(SECRET_NAME.search(name)) and value != ""
 
 
-def _secret_spec(name: str, entry: Optional[EnvEntry]) -> SecretSpec:
+def secret_spec(name: str, entry: Optional[EnvEntry]) -> SecretSpec:
+    """Length and alphabet of a generated secret: like a hex example value, else 32 letters and digits."""
     value = entry.value if entry is not None else ""
     if _HEX.match(value):
         return SecretSpec(name, max(8, min(256, len(value))), "hex")

@@ -344,7 +344,7 @@ _APPENDED = {"ports", "expose", "external_links", "dns", "dns_search", "dns_opt"
              "cap_drop", "security_opt", "group_add", "devices", "volumes_from", "profiles", "env_file", "configs",
              "secrets", "links"}
 # Sequences compose merges by a key (mappings of KEY=VALUE, or entries by their target).
-_BY_KEY = {"environment", "labels", "annotations", "sysctls", "extra_hosts_map"}
+_BY_KEY = {"environment", "labels", "annotations", "sysctls"}
 _REPLACED = {"command", "entrypoint", "test", "image", "build"}
 
 
@@ -370,7 +370,7 @@ def merge_compose(base: Any, overlay: Any, path: tuple[str, ...] = ()) -> Any:
                 result[name] = _strip_tags(value)
         return result
     in_service = len(path) == 3 and path[0] == "services"
-    if in_service and key in _BY_KEY | {"environment", "labels"} and isinstance(base, (dict, list)) and isinstance(overlay, (dict, list)):
+    if in_service and key in _BY_KEY and isinstance(base, (dict, list)) and isinstance(overlay, (dict, list)):
         merged = dict(_as_mapping(base))
         merged.update(_as_mapping(_strip_tags(overlay)))
         return merged

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import yaml
 
 from .application import DEFAULT_ENV_FILE
-from .compose import SECRET_NAME, _secret_like, _secret_spec
+from .compose import SECRET_NAME, secret_like, secret_spec
 from .composefile import ComposeFileError, EnvEntry, InterpolationError, interpolate, load_yaml, read_env_file, references, strings_in
 from .manifest import API_VERSION, ReleaseManifest, manifest_from_data
 from .refs import ReferenceError_, normalise, parse_ref
@@ -76,8 +76,8 @@ def starter_manifest(compose_path: Path, *, source_dir: Optional[Path] = None, n
     secrets: dict[str, dict] = {}
     for variable in list(env) + [n for n in referenced if n not in env]:
         entry = env.get(variable)
-        if _secret_like(variable, entry):
-            spec = _secret_spec(variable, entry)
+        if secret_like(variable, entry):
+            spec = secret_spec(variable, entry)
             secrets[variable] = {"length": spec.length, "alphabet": spec.alphabet}
         else:
             variables[variable] = {}

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import pwd
 import stat
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import yaml
 
 from .archive import BundleHeader
+from .archive.release import HostMount
 from .site import fill_template
 
 SITE_OVERRIDE = "docker-compose.site.yml"
@@ -38,21 +39,10 @@ class HostPathError(Exception):
         self.fix = fix
 
 
-@dataclass(frozen=True)
-class HostMount:
-    """One bind mount of a host path: the service, the path as written, the container path, read-only or not."""
-
-    service: str
-    source: str
-    target: str
-    read_only: bool
-
-
 def host_mounts(header: BundleHeader, values: Mapping[str, str]) -> list[HostMount]:
     """The release's host bind mounts, with the site's values filled in where a path names ``${VAR}``."""
     return [
-        HostMount(service=entry.service, source=fill_template(entry.source, dict(values)),
-                  target=fill_template(entry.target, dict(values)), read_only=entry.read_only)
+        replace(entry, source=fill_template(entry.source, dict(values)), target=fill_template(entry.target, dict(values)))
         for entry in header.spec.host_mounts  # older headers' "service: path" strings are left out by the spec
     ]
 

@@ -20,7 +20,7 @@ from .layout import (
     release_path,
 )
 from .reader import ArchiveFormatError, ArchiveHandle, FramedArchiveReader, FramedMember, SignedHeader
-from .verify import VerificationError, VerifiedBundle, check_signature, open_signed, read_header, verify_archive
+from .verify import VerificationError, VerifiedBundle, open_signed, read_header, verify_archive
 from .writer import ArchiveWriteError, ArchiveWriter
 
 __all__ = [
@@ -28,6 +28,6 @@ __all__ = [
     "FramedArchiveReader", "FramedMember",
     "FORMAT", "HEADER_NAME", "HeaderError", "IMAGES_DIR", "IMAGES_MANIFEST", "ImageRecord",
     "MemberRecord", "RELEASE_DIR", "SIGNATURE_NAME", "SignedHeader",
-    "VerificationError", "VerifiedBundle", "check_signature", "config_path", "digest_hex", "open_signed",
+    "VerificationError", "VerifiedBundle", "config_path", "digest_hex", "open_signed",
     "layer_path", "read_header", "release_path", "verify_archive",
 ]

@@ -163,14 +163,6 @@ def open_signed(
                           handle=handle)
 
 
-def check_signature(
-    path: Path, keys: Sequence[Ed25519PublicKey], *, allow_untrusted: bool = False
-) -> tuple[BundleHeader, Optional[str]]:
-    """Check the header's signature against ``keys``; return (header, signer fingerprint)."""
-    with open_signed(path, keys, allow_untrusted=allow_untrusted) as bundle:
-        return bundle.header, bundle.signer
-
-
 def _check_signature(path: Path, signed: SignedHeader, keys: Sequence[Ed25519PublicKey],
                      allow_untrusted: bool) -> Optional[Ed25519PublicKey]:
     if signed.signature is None:
