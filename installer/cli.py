@@ -1,7 +1,6 @@
 """``airgap-install``: install and run a signed bundle on an isolated host."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -13,48 +12,17 @@ import click
 
 from . import engine as engine_ops
 from .archive import VerificationError, verify_archive
-from .archive.reader import ArchiveFormatError
-from .compose import ComposeError, ComposeProject, find_compose
+from .compose import ComposeProject, find_compose
 from .health import service_states, wait_until_ready
 from .install import InstallError, InstallOptions, install, open_for_install, prefix_lock, preflight, rollback
 from .runners import prepare_host_paths
-from .lock import LockError
-from .signing import KeyFileError
 from .childenv import child_environment
-from .site import ENV_FILE, SiteError, active_release, parse_sets, read_env, read_release_header
+from .site import ENV_FILE, active_release, parse_sets, read_env, read_release_header
 from .trust import SYSTEM_TRUST_DIR, trusted_keys
-
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    VerificationError, ArchiveFormatError, KeyFileError, SiteError, ComposeError, engine_ops.EngineError, LockError,
-)
-
-
-def say(text: str) -> None:
-    """Progress line on stderr (stdout is kept for results)."""
-    click.echo(text, err=True)
-
-
-def friendly_errors(command: Callable) -> Callable:
-    """Turn the tool's own errors into a clear message and a non-zero exit; never a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except InstallError as exc:
-            click.echo(f"airgap-install: error: {exc}", err=True)
-            for detail in exc.details:
-                click.echo(f"  - {detail}", err=True)
-            sys.exit(exc.exit_code)
-        except EXPECTED_ERRORS as exc:
-            click.echo(f"airgap-install: error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("airgap-install: interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper
-
+from .registry.access import RegistryAccess
+from .cli_common import friendly_errors, pubkey_option, say
+from .cli_registry import export_release_command, push_command
+from .registry.options import registry_access, registry_options
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="airgap-compose", prog_name="airgap-install")
@@ -73,13 +41,6 @@ def main() -> None:
     The engine is the one DOCKER_HOST names (default: the local socket). Nothing
     is ever pulled: every image comes from the archive.
     """
-
-
-def pubkey_option(command: Callable) -> Callable:
-    return click.option(
-        "--pubkey", "-p", "pubkeys", multiple=True, type=click.Path(exists=True, path_type=Path),
-        help=f"Trusted public key (PEM) or folder of keys; repeatable. Default: the keys in {SYSTEM_TRUST_DIR}.",
-    )(command)
 
 
 def prefix_option(command: Callable) -> Callable:
@@ -110,24 +71,45 @@ def install_options(command: Callable) -> Callable:
         click.option("--insecure-skip-signature", "allow_untrusted", is_flag=True,
                      help="DANGER: accept an unsigned archive or one signed by an unknown key (digests are still checked)."),
         compose_option,
+        from_registry_option,
+        registry_options,
     ]):
         command = decorator(command)
     return command
 
 
+def from_registry_option(command: Callable) -> Callable:
+    return click.option("--from-registry", is_flag=True,
+                        help="Take the images from the site registry (pushed there with 'airgap-install push') instead "
+                             "of the archive; a release-only archive ('airgap-install export-release') is enough. "
+                             "See the registry options below.")(command)
+
+
+def _access(from_registry: bool, registry_flags: dict) -> Optional[RegistryAccess]:
+    given = [f"--{k.replace('_', '-')}" for k, v in registry_flags.items() if v]
+    if not from_registry:
+        if given:
+            raise InstallError(f"{', '.join(given)} only apply with --from-registry")
+        return None
+    return registry_access(**registry_flags)
+
+
 def _run_install(archive: Path, pubkeys, prefix, sets, timeout, allow_downgrade, replace_same_version, allow_untrusted,
-                 compose_preference, require_existing: bool) -> None:
+                 compose_preference, require_existing: bool, from_registry: bool = False,
+                 registry_flags: Optional[dict] = None) -> None:
     if allow_untrusted:
         say("WARNING: --insecure-skip-signature: the archive's origin will NOT be checked")
     options = InstallOptions(archive=archive, keys=trusted_keys(pubkeys), prefix=prefix, sets=parse_sets(sets), timeout=timeout,
                              allow_untrusted=allow_untrusted, compose_preference=compose_preference,
                              allow_downgrade=allow_downgrade, require_existing=require_existing,
-                             replace_same_version=replace_same_version)
+                             replace_same_version=replace_same_version,
+                             from_registry=_access(from_registry, registry_flags or {}))
     if not options.keys and not allow_untrusted:
         raise InstallError(f"no trusted public key: pass --pubkey FILE, or put the release key in {SYSTEM_TRUST_DIR}")
     result = install(options, say)
-    say(f"installed {result.release.name} in {result.prefix} in {result.seconds:.1f}s "
-        f"({len(result.loaded_images)} image name(s) loaded, {result.loaded_layer_bytes / 1e6:.1f} MB of layers)")
+    what = (f"{len(result.loaded_images)} image(s) pulled from the site registry" if options.from_registry else
+            f"{len(result.loaded_images)} image name(s) loaded, {result.loaded_layer_bytes / 1e6:.1f} MB of layers")
+    say(f"installed {result.release.name} in {result.prefix} in {result.seconds:.1f}s ({what})")
     say("timings: " + " ".join(f"{phase}={seconds:.2f}s" for phase, seconds in result.timings.items()))
     for name, url in result.endpoints:
         click.echo(f"{name}: {url}")
@@ -137,7 +119,8 @@ def _run_install(archive: Path, pubkeys, prefix, sets, timeout, allow_downgrade,
 @install_options
 @friendly_errors
 def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeout: float, allow_downgrade: bool,
-                    replace_same_version: bool, allow_untrusted: bool, compose_preference: Optional[str]) -> None:
+                    replace_same_version: bool, allow_untrusted: bool, compose_preference: Optional[str],
+                    from_registry: bool, **registry_flags) -> None:
     """Check the host, verify the archive, load what is missing, write the site config, start, wait until healthy.
 
     \b
@@ -153,14 +136,15 @@ def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeou
     an older one is refused without --allow-downgrade (versions compared by SemVer precedence).
     """
     _run_install(archive, pubkeys, prefix, sets, timeout, allow_downgrade, replace_same_version, allow_untrusted,
-                 compose_preference, False)
+                 compose_preference, False, from_registry, registry_flags)
 
 
 @main.command("upgrade")
 @install_options
 @friendly_errors
 def upgrade_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeout: float, allow_downgrade: bool,
-                    replace_same_version: bool, allow_untrusted: bool, compose_preference: Optional[str]) -> None:
+                    replace_same_version: bool, allow_untrusted: bool, compose_preference: Optional[str],
+                    from_registry: bool, **registry_flags) -> None:
     """Move an installed site to a newer release (a full or a delta archive); roll back if it fails.
 
     Same steps as 'install', on a host that has a release: only missing layers are loaded, the
@@ -169,7 +153,7 @@ def upgrade_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeou
     the command says so (exit 3). Data volumes are kept throughout.
     """
     _run_install(archive, pubkeys, prefix, sets, timeout, allow_downgrade, replace_same_version, allow_untrusted,
-                 compose_preference, True)
+                 compose_preference, True, from_registry, registry_flags)
 
 
 @main.command("rollback")
@@ -192,15 +176,21 @@ def rollback_command(prefix: Optional[Path], timeout: float, compose_preference:
 @compose_option
 @click.option("--insecure-skip-signature", "allow_untrusted", is_flag=True,
               help="Read an unsigned or unknown-signer archive's header anyway (its checks then prove nothing).")
+@from_registry_option
+@registry_options
 @friendly_errors
-def preflight_command(archive: Path, pubkeys, prefix: Optional[Path], sets, compose_preference, allow_untrusted) -> None:
+def preflight_command(archive: Path, pubkeys, prefix: Optional[Path], sets, compose_preference, allow_untrusted,
+                      from_registry: bool, **registry_flags) -> None:
     """Run the install's host checks alone; list every failed check and what to do. Changes nothing.
 
     The archive's signature is checked first (a few kilobytes read): the checks
-    read only a header its trusted signer wrote.
+    read only a header its trusted signer wrote. With --from-registry it also
+    checks the site registry holds every name of the release, each by the signed
+    image's digest, and that the engine can pull from it.
     """
     options = InstallOptions(archive=archive, keys=trusted_keys(pubkeys), prefix=prefix, sets=parse_sets(sets),
-                             compose_preference=compose_preference, allow_untrusted=allow_untrusted)
+                             compose_preference=compose_preference, allow_untrusted=allow_untrusted,
+                             from_registry=_access(from_registry, registry_flags))
     if not options.keys and not allow_untrusted:
         raise InstallError(f"no trusted public key: pass --pubkey FILE, or put the release key in {SYSTEM_TRUST_DIR}")
     with open_for_install(options, say) as bundle:
@@ -335,6 +325,9 @@ def restart_command(services: tuple[str, ...], prefix: Optional[Path], timeout: 
         raise InstallError("not healthy after restart", [f"{s.service}: {s.summary()} {s.last_health_output}" for s in states if not s.ready], 3)
     say(f"{project.name} restarted and healthy")
 
+
+main.add_command(push_command)
+main.add_command(export_release_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

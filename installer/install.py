@@ -16,7 +16,7 @@ import docker
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import engine as engine_ops
-from .archive import BundleHeader, VerificationError, VerifiedBundle, open_signed
+from .archive import IMAGES_DIR, BundleHeader, VerificationError, VerifiedBundle, open_signed
 from .health import ServiceState
 from .lock import prefix_lock
 from .preflight import PreflightReport, run_preflight
@@ -39,6 +39,8 @@ from .site import (
     write_release,
 )
 from .destinations import ImageDestination, LocalEngine
+from .registry.access import RegistryAccess
+from .registry.pull import RegistryImages
 from .errors import InstallError, Say
 from .runners import ComposeRunner, StackRunner
 from .versions import compare
@@ -59,6 +61,7 @@ class InstallOptions:
     allow_downgrade: bool = False
     require_existing: bool = False
     replace_same_version: bool = False
+    from_registry: Optional[RegistryAccess] = None
 
 
 @dataclass
@@ -118,6 +121,14 @@ def preflight(options: InstallOptions, say: Say, bundle: VerifiedBundle,
     except engine_ops.EngineError:
         client = None
     report = run_preflight(header, client, prefix, values, compose_preference=options.compose_preference)
+    if options.from_registry is not None and client is not None:
+        report.registry = RegistryImages(client, options.from_registry.connect(header))
+        found = report.registry.survey(header)
+        report.add("site registry", not found.problems,
+                   f"{report.registry.registry.registry} holds all {found.names} name(s), each by the signed image's "
+                   "digest, and the engine can pull from it" if not found.problems else "; ".join(found.problems[:5]),
+                   "push the release with 'airgap-install push ARCHIVE', and give the engine the site CA "
+                   "(/etc/docker/certs.d/HOST/ca.crt) and credentials")
     for check in report.checks:
         say(f"  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     if not report.ok:
@@ -148,10 +159,10 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
             prefix, report, _ = preflight(options, say, bundle, prefix)
             assert report.load_plan is not None and report.compose is not None
             clock.lap("preflight")
-            verify_members(bundle, say)
+            verify_members(bundle, say, release_only=report.registry is not None)
             check_version_order(prefix, header, options)
             client = engine_ops.connect()
-            destination: ImageDestination = LocalEngine(client, report.load_plan)
+            destination: ImageDestination = report.registry or LocalEngine(client, report.load_plan)
             destination.check(header)
             clock.lap("verify")
             delivered = destination.deliver(bundle, say)
@@ -170,14 +181,24 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
                                  timings=clock.timings)
 
 
-def verify_members(bundle: VerifiedBundle, say: Say) -> None:
-    """Every member's size and sha256 against the signed header, read from the held archive."""
+def verify_members(bundle: VerifiedBundle, say: Say, *, release_only: bool = False) -> None:
+    """Every member's size and sha256 against the signed header, read from the held archive.
+
+    With ``release_only`` (images come from the site registry) the archive may lack its images.
+    """
     say("verify: every member's sha256 against the signed header")
     try:
-        bundle.check_members()
+        bundle.check_members(may_lack=(lambda name: name.startswith(IMAGES_DIR + "/")) if release_only else
+                             (lambda name: False))
     except VerificationError as exc:
-        raise InstallError(f"verification failed; nothing was changed: {exc}", getattr(exc, "problems", [])) from None
-    say(f"  ok: {len(bundle.header.members)} members")
+        hint = []
+        if not release_only and all("images/" in p for p in exc.problems if "missing" in p) and \
+                any("missing" in p for p in exc.problems):
+            hint = ["this archive lacks its images (a release-only archive?): install it with --from-registry"]
+        raise InstallError(f"verification failed; nothing was changed: {exc}",
+                           hint + getattr(exc, "problems", [])) from None
+    held = len(bundle.held)
+    say(f"  ok: {held} members" + (" (images come from the site registry)" if held < len(bundle.header.members) else ""))
 
 
 def write_site(prefix: Path, options: InstallOptions, bundle: VerifiedBundle, say: Say) -> tuple[Path, SiteEnv]:

@@ -11,7 +11,7 @@ import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import docker
 
@@ -46,6 +46,11 @@ class PreflightReport:
     inventory: Optional[EngineInventory] = None
     load_plan: Optional[LoadPlan] = None
     compose: Optional[ComposeCli] = None
+    registry: Optional[Any] = None  # the RegistryImages destination, when images come from the site registry
+
+    def add(self, name: str, ok: bool, detail: str, fix: str = "") -> None:
+        """Record one more check."""
+        self.checks.append(Check(name, ok, detail, fix))
 
     @property
     def ok(self) -> bool:

@@ -57,6 +57,12 @@ class FrameWalker:
         self._source = source
         self._buffer = b""
         self._position = 0
+        self._consumed = 0  # bytes read from the source so far
+
+    @property
+    def offset(self) -> int:
+        """Where the next frame (or the rest of the current one) starts, counted from the source's start."""
+        return self._consumed - (len(self._buffer) - self._position)
 
     def frames(self) -> Iterator[Frame]:
         """Every frame to the end of the stream."""
@@ -119,6 +125,7 @@ class FrameWalker:
         have = len(parts[0])
         while have < size:
             chunk = self._source.read(max(size - have, _READ_AHEAD))
+            self._consumed += len(chunk)
             if not chunk:
                 if allow_end and have == 0:
                     self._buffer, self._position = b"", 0

@@ -67,6 +67,9 @@ class _HeldFile:
         self._at += len(data)
         return data
 
+    def seek(self, offset: int) -> None:
+        self._at = offset
+
     def close(self) -> None:
         """Nothing to release: the descriptor belongs to the handle."""
 
@@ -90,8 +93,48 @@ class _Chained:
             out += chunk
         return bytes(out)
 
+    def seek(self, offset: int) -> None:
+        for index, file in enumerate(self._files):
+            size = os.fstat(file._fd).st_size
+            if offset < size or index == len(self._files) - 1:
+                self._index = index
+                file.seek(offset)
+                for later in self._files[index + 1:]:
+                    later.seek(0)
+                return
+            offset -= size
+
     def close(self) -> None:
         """Nothing to release: the descriptors belong to the handle."""
+
+
+class _Window:
+    """``length`` bytes of a held file from ``offset`` (what one member's frames occupy)."""
+
+    def __init__(self, file: Union[_HeldFile, _Chained], offset: int, length: int):
+        file.seek(offset)
+        self._file, self._left = file, length
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._file.read(size) if size else b""
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@dataclass(frozen=True)
+class MemberLocation:
+    """Where a framed member's data frames lie in the held archive: byte range, and their compressed size."""
+
+    offset: int
+    length: int
+    frames_size: int
 
 
 class ArchiveHandle:
@@ -129,6 +172,14 @@ class ArchiveHandle:
             raise ArchiveFormatError(f"{self.path}: the archive handle is closed")
         files = [_HeldFile(fd) for fd in self._fds]
         return (files[0] if len(files) == 1 else _Chained(files))  # type: ignore[return-value]
+
+    def open_window(self, location: "MemberLocation") -> BinaryIO:
+        """A reader of one member's frames (readers of different members run side by side)."""
+        if not self._fds:
+            raise ArchiveFormatError(f"{self.path}: the archive handle is closed")
+        files = [_HeldFile(fd) for fd in self._fds]
+        file = files[0] if len(files) == 1 else _Chained(files)
+        return _Window(file, location.offset, location.length)  # type: ignore[return-value]
 
     def size(self) -> int:
         """Compressed bytes held, all parts together."""
@@ -185,6 +236,8 @@ class FramedMember:
         self.framed = framed
         self._reader = reader
         self.started = self.finished = False
+        self.data_offset: Optional[int] = None  # where its frames begin in the compressed stream (framed only)
+        self.data_end: Optional[int] = None
 
     def compressed_chunks(self, on_content: Optional[Callable[[int], None]] = None) -> Iterator[bytes]:
         """The raw bytes of the member's data frames; ``on_content(n)`` after each frame of n content bytes."""
@@ -239,7 +292,8 @@ class FramedArchiveReader:
     def __init__(self, source: ArchiveSource):
         self.path = source.path if isinstance(source, ArchiveHandle) else Path(source)
         self._file = _open_archive(source)
-        self._frames = FrameWalker(self._file).frames()
+        self._walker = FrameWalker(self._file)
+        self._frames = self._walker.frames()
         self._plain = b""
         self._plain_at = 0
         self._streaming: Optional[Iterator[bytes]] = None
@@ -301,7 +355,12 @@ class FramedArchiveReader:
     # -- internals ------------------------------------------------------------
     def _next_member(self, previous: str) -> Optional[FramedMember]:
         entry = _next_file(self._tar, previous, self.path)
-        return None if entry is None else FramedMember(self, entry.name, entry.size, framed=self._at_frame_end())
+        if entry is None:
+            return None
+        member = FramedMember(self, entry.name, entry.size, framed=self._at_frame_end())
+        if member.framed:
+            member.data_offset = self._walker.offset
+        return member
 
     def _done_with(self, member: FramedMember) -> None:
         """Step over what is left of ``member`` and go on after it."""
@@ -309,6 +368,7 @@ class FramedArchiveReader:
         if member.started and not member.finished:
             raise RuntimeError(f"member {member.name!r} was read only in part; read members to their end or not at all")
         if member.framed:
+            member.data_end = self._walker.offset
             self._tar.forget_current()
 
     def _at_frame_end(self) -> bool:
@@ -375,3 +435,35 @@ class FramedArchiveReader:
         if isinstance(exc, FrameError):
             return ArchiveFormatError(f"{self.path}: {exc}, in {where}")
         return exc
+
+
+def member_frames(handle: ArchiveHandle, location: MemberLocation) -> Iterator[Frame]:
+    """The data frames of one framed member, read from its window of the held archive (skippable frames left out).
+
+    Each frame's ``parts`` must be read before the next frame is asked for.
+    """
+    walker = FrameWalker(handle.open_window(location))
+    try:
+        for frame in walker.frames():
+            if frame.skippable:
+                frame.skip()
+                continue
+            yield frame
+    except FrameError as exc:
+        raise ArchiveFormatError(f"{handle.path}: {exc}") from None
+
+
+def member_blocks(handle: ArchiveHandle, location: MemberLocation, size: int) -> Iterator[bytes]:
+    """One framed member's content, decompressed frame by frame (blocks of up to ``DATA_BLOCK`` bytes), tar padding cut."""
+    left = size
+    for frame in member_frames(handle, location):
+        try:
+            block = decompress_frame(frame, WHOLE_FRAME_LIMIT)
+        except FrameError as exc:
+            raise ArchiveFormatError(f"{handle.path}: {exc}") from None
+        if left <= 0:
+            continue
+        yield block[:left] if len(block) > left else block
+        left -= min(len(block), left)
+    if left:
+        raise ArchiveFormatError(f"{handle.path}: a member's frames end {left} bytes short of its size")

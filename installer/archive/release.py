@@ -15,6 +15,7 @@ from .header import HeaderError
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
 MAX_PATTERN = 512
 MAX_ITEMS = 4096
 MAX_TEXT = 4096
@@ -74,6 +75,7 @@ class ReleaseSpec:
     """Everything the installer needs besides images, read from the signed header."""
 
     project: str
+    registry: str = ""
     services: list[str] = field(default_factory=list)
     oneshot: list[str] = field(default_factory=list)
     healthchecked: list[str] = field(default_factory=list)
@@ -120,8 +122,12 @@ class ReleaseSpec:
             if alphabet not in ALPHABETS:
                 raise HeaderError(f"bundle.json: {where}.alphabet: expected one of {', '.join(ALPHABETS)}")
             secrets[name] = SecretSpec(name=name, length=length, alphabet=alphabet)
+        registry = _text(raw.get("registry", ""), "release.registry", 255)
+        if registry and not REGISTRY.match(registry):
+            raise HeaderError(f"bundle.json: release.registry: {registry[:60]!r} is not HOST[:PORT][/PATH]")
         return cls(
             project=project,
+            registry=registry,
             services=_services(raw.get("services", []), "release.services"),
             oneshot=_services(raw.get("oneshot", []), "release.oneshot"),
             healthchecked=_services(raw.get("healthchecked", []), "release.healthchecked"),

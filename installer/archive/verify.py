@@ -6,7 +6,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -14,7 +14,17 @@ from ..signing import find_signer, fingerprint
 from .header import BundleHeader, HeaderError, MemberRecord
 from .layout import IMAGES_MANIFEST, config_path, layer_path
 from .parts import PartsError, check_parts, find_index
-from .reader import ArchiveFormatError, ArchiveHandle, ArchiveSource, FramedArchiveReader, FramedMember, SignedHeader
+from .reader import (
+    ArchiveFormatError,
+    ArchiveHandle,
+    ArchiveSource,
+    FramedArchiveReader,
+    FramedMember,
+    MemberLocation,
+    SignedHeader,
+    member_blocks,
+    member_frames,
+)
 
 ProgressCallback = Callable[[int], None]
 
@@ -46,6 +56,9 @@ class VerifiedBundle:
     header_bytes: bytes = b""
     handle: Optional[ArchiveHandle] = None
     members_checked: bool = False
+    signature: Optional[bytes] = None
+    locations: dict[str, MemberLocation] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)
 
     def reader(self) -> FramedArchiveReader:
         """A reader of the held archive (not of whatever the path names now)."""
@@ -58,15 +71,24 @@ class VerifiedBundle:
         if not self.members_checked:
             raise VerificationError(f"{self.path}: the archive's members were not verified yet")
 
-    def check_members(self, progress: Optional[ProgressCallback] = None) -> "VerifiedBundle":
-        """Stream every member of the held archive and check its size and sha256 against the signed header."""
+    def check_members(self, progress: Optional[ProgressCallback] = None,
+                      may_lack: Callable[[str], bool] = lambda name: False) -> "VerifiedBundle":
+        """Stream every member of the held archive and check its size and sha256 against the signed header.
+
+        A member the header lists but the archive lacks is a failure unless
+        ``may_lack(name)`` (a release-only archive lacks ``images/``). Where
+        each verified member's frames lie is kept (``locations``), so later
+        readers can read members side by side.
+        """
         problems = _structure_problems(self.header)
         expected = {member.path: member for member in self.header.members}
         seen: set[str] = set()
         extra = 0
+        frames_sizes: dict[str, int] = {}
+        locations: dict[str, MemberLocation] = {}
         try:
             with self.reader() as reader:
-                for member in reader.members():
+                for member in _remember_locations(reader.members(), frames_sizes, locations):
                     record = expected.get(member.name)
                     if record is None or member.name in seen:
                         extra += 1
@@ -82,13 +104,13 @@ class VerifiedBundle:
                     if member.size != record.size:
                         problems.append(f"member {member.name!r}: size {member.size}, the signed header says {record.size}")
                         continue
-                    if not _digest_matches(member, record, progress):
+                    if not _digest_matches(member, record, progress, frames_sizes):
                         problems.append(f"member {member.name!r}: sha256 mismatch (content altered or damaged)")
         except ArchiveFormatError as exc:
             problems.append(str(exc))
         if extra > MAX_REPORTED:
             problems.append(f"{extra - MAX_REPORTED} more members not listed in the signed header")
-        missing = [name for name in expected if name not in seen]
+        missing = [name for name in expected if name not in seen and not may_lack(name)]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             problems.append(f"{len(missing)} member(s) listed in the signed header are missing: {shown}")
@@ -96,7 +118,46 @@ class VerifiedBundle:
             raise VerificationError(f"{self.path}: verification failed: " + "; ".join(problems[:MAX_REPORTED * 2]),
                                     problems[:MAX_REPORTED * 2])
         self.members_checked = True
+        self.locations, self.held = locations, seen
         return self
+
+    def present(self, name: str) -> bool:
+        """True when the verified archive holds member ``name`` (a release-only archive lacks its images)."""
+        self.require_checked()
+        return name in self.held
+
+    def blocks(self, name: str) -> Iterator[bytes]:
+        """A verified member's content, read from the held archive (side by side with other members' readers)."""
+        self.require_checked()
+        record = self.header.member(name)
+        if record is None:
+            raise VerificationError(f"{self.path}: {name!r} is not a member of this release")
+        location = self.locations.get(name)
+        if location is not None and self.handle is not None:
+            yield from member_blocks(self.handle, location, record.size)
+            return
+        with self.reader() as reader:  # not framed on its own: walk to it
+            for member in reader.members():
+                if member.name == name:
+                    yield from member.chunks()
+                    return
+        raise VerificationError(f"{self.path}: member {name!r} is not in the archive")
+
+    def frames(self, name: str) -> Optional[tuple[int, Iterator[bytes]]]:
+        """A verified member's compressed frames as they are, with their total size (None if not framed on its own).
+
+        Their sha256 is the signed ``frames_sha256``: the bytes are a zstd stream of the member.
+        """
+        self.require_checked()
+        location = self.locations.get(name)
+        if location is None or self.handle is None:
+            return None
+        handle = self.handle
+
+        def raw() -> Iterator[bytes]:
+            for frame in member_frames(handle, location):
+                yield b"".join(frame.parts)
+        return location.frames_size, raw()
 
     def close(self) -> None:
         """Release the archive."""
@@ -160,7 +221,7 @@ def open_signed(
     warnings = [] if signer else ["signature NOT checked: the bundle was accepted without a trusted signature"]
     return VerifiedBundle(path=path, header=header, signer=fingerprint(signer) if signer else None,
                           signature_checked=signer is not None, warnings=warnings, header_bytes=signed.header,
-                          handle=handle)
+                          handle=handle, signature=signed.signature)
 
 
 def _check_signature(path: Path, signed: SignedHeader, keys: Sequence[Ed25519PublicKey],
@@ -211,13 +272,36 @@ def verify_archive(
         raise
 
 
-def _digest_matches(member: FramedMember, record: MemberRecord, progress: Optional[ProgressCallback]) -> bool:
+def _remember_locations(members: Iterator[FramedMember], frames_sizes: dict[str, int],
+                        locations: dict[str, MemberLocation]) -> Iterator[FramedMember]:
+    """Pass members through; once each is done with, note where its frames lay (when checked by its frames)."""
+    previous: Optional[FramedMember] = None
+    for member in members:
+        _note(previous, frames_sizes, locations)
+        previous = member
+        yield member
+    _note(previous, frames_sizes, locations)
+
+
+def _note(member: Optional[FramedMember], frames_sizes: dict[str, int], locations: dict[str, MemberLocation]) -> None:
+    if member is None or member.name not in frames_sizes or member.data_offset is None or member.data_end is None:
+        return
+    locations.setdefault(member.name, MemberLocation(member.data_offset, member.data_end - member.data_offset,
+                                                     frames_sizes[member.name]))
+
+
+def _digest_matches(member: FramedMember, record: MemberRecord, progress: Optional[ProgressCallback],
+                    frames_sizes: Optional[dict[str, int]] = None) -> bool:
     """Check the member's compressed frames against the signed header when it lists them (no decompressing);
     else its decompressed content."""
     if member.framed and record.frames_sha256:
         digest = hashlib.sha256()
+        total = 0
         for part in member.compressed_chunks(on_content=progress):
             digest.update(part)
+            total += len(part)
+        if frames_sizes is not None:
+            frames_sizes[member.name] = total
         return digest.hexdigest() == record.frames_sha256
     background = BackgroundDigest()
     for chunk in member.chunks():

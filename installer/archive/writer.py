@@ -239,6 +239,18 @@ class ArchiveWriter:
         self._out.put(lambda: self._copy_in(frames))
         return self._record(name, sha256, size, frames_sha256)
 
+    def add_frames(self, name: str, size: int, sha256: str, frames: Iterable[bytes], frames_sha256: str) -> MemberRecord:
+        """Add a member from another archive's data frames, copied as they are (their sha256 is checked here)."""
+        self._claim(name)
+        self._out.put(self._small_compressor.compress(tar_header(name, size, self.mtime)))
+        digest = hashlib.sha256()
+        for chunk in frames:
+            digest.update(chunk)
+            self._out.put(chunk)
+        if digest.hexdigest() != frames_sha256:
+            raise ArchiveWriteError(f"{name}: the frames copied do not match their recorded sha256")
+        return self._record(name, sha256, size, frames_sha256)
+
     def add_stream_named_by_digest(
         self, size: int, chunks: Iterable[bytes], name_for: Callable[[str], Optional[str]], label: str
     ) -> Optional[MemberRecord]:
