@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # openssl: the kit test checks install.sh's openssl path (hosts without python3)
-PACKAGES=(docker.io docker-compose docker-registry busybox-static zstd iproute2 util-linux openssl)
+# skopeo: an independent registry client (site-registry checks, push benchmark)
+PACKAGES=(docker.io docker-compose docker-registry busybox-static zstd iproute2 util-linux openssl
+          skopeo)
 
 say() { echo "setup: $*"; }
 

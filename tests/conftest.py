@@ -8,7 +8,7 @@ from typing import Iterator, NoReturn
 import docker
 import pytest
 
-from tests.harness import Harness
+from tests.harness import Harness, SiteRegistry
 
 
 def _harness_unavailable(reason: str) -> NoReturn:
@@ -31,6 +31,23 @@ def harness() -> Iterator[Harness]:
     if started is None:
         _harness_unavailable(error)
     yield started
+
+
+@pytest.fixture(scope="session")
+def site_registry(harness: Harness) -> SiteRegistry:
+    """The site's Harbor stand-in (aiharbor.msxf.local:443 in the netns), started once per session.
+
+    Reached by the target engine with the robot account's credentials; it
+    keeps what tests push (``wipe()`` to begin empty) and stays up afterwards.
+    """
+    error: str | None = None
+    try:
+        harness.site_registry.ensure()
+    except Exception as exc:  # reported like the harness itself: fail under CI, else skip
+        error = f"site registry: {type(exc).__name__}: {exc}"
+    if error is not None:
+        _harness_unavailable(error)
+    return harness.site_registry
 
 
 def _client(docker_host: str) -> Iterator[docker.DockerClient]:

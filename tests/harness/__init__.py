@@ -3,18 +3,21 @@
 ``Harness().up()`` gives a loopback registry acting as docker.io mirror, a
 BUILD engine (the connected machine, pulls through the mirror), a TARGET
 engine in network namespace ``airgap`` (the air-gapped host: no network),
-and busybox stand-ins for every upstream image. CLI:
-``python -m tests.harness up|down [--purge]|status|env|reset-target``.
+and busybox stand-ins for every upstream image. On demand, ``SiteRegistry``:
+the site's Harbor stand-in (``aiharbor.msxf.local``, TLS + basic auth) inside
+the namespace. CLI: ``python -m tests.harness
+up|down [--purge]|status|env|reset-target|site-registry [--wipe]``.
 """
 
 from .core import (DEFAULT_ROOT, FOREIGN_REF, MIRROR_CHECK_REF, ComponentStatus, Harness,
                    push_foreign_platform_image)
 from .images import BASE_REF, Standin, load_standins
 from .procs import HarnessError
+from .siteregistry import SiteRegistry
 from .source import SOURCE_DIR, SOURCE_SERVICES, SourceService, build_source_service
 
 __all__ = [
     "BASE_REF", "DEFAULT_ROOT", "FOREIGN_REF", "MIRROR_CHECK_REF", "SOURCE_DIR", "SOURCE_SERVICES",
-    "ComponentStatus", "Harness", "HarnessError", "SourceService", "Standin",
+    "ComponentStatus", "Harness", "HarnessError", "SiteRegistry", "SourceService", "Standin",
     "build_source_service", "load_standins", "push_foreign_platform_image",
 ]

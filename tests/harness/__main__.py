@@ -1,4 +1,4 @@
-"""CLI: python -m tests.harness up|down [--purge]|status|env|reset-target."""
+"""CLI: python -m tests.harness up|down [--purge]|status|env|reset-target|site-registry [--wipe]."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="one line per component; exit 1 when any is down")
     sub.add_parser("env", help="print shell export lines")
     sub.add_parser("reset-target", help="empty the target engine")
+    site = sub.add_parser("site-registry",
+                          help="start the site registry (aiharbor.msxf.local in the netns); "
+                               "print its host, CA file, username and password file as exports")
+    site.add_argument("--wipe", action="store_true", help="delete everything it stores first")
     args = parser.parse_args(argv)
 
     harness = Harness(log=stderr_log)
@@ -37,10 +41,27 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"export {key}={shlex.quote(value)}")
         elif args.command == "reset-target":
             harness.reset_target()
+        elif args.command == "site-registry":
+            site_registry(harness, wipe=args.wipe)
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def site_registry(harness: Harness, wipe: bool = False) -> None:
+    """Start (or reuse, or wipe) the site registry; print shell export lines naming it."""
+    site = harness.site_registry
+    if wipe:
+        site.wipe()
+        stderr_log("site registry: wiped and started")
+    else:
+        stderr_log(f"site registry: {site.ensure()}")
+    for key, value in (("SITE_REGISTRY_HOST", site.host),
+                       ("SITE_REGISTRY_CA_FILE", str(site.ca_file)),
+                       ("SITE_REGISTRY_USERNAME", site.username),
+                       ("SITE_REGISTRY_PASSWORD_FILE", str(site.password_file))):
+        print(f"export {key}={shlex.quote(value)}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .foreign import foreign_archive
 from .images import Publisher, Standin, load_standins
 from .procs import HarnessError, run
 from .registry import ADDR, Registry
+from .siteregistry import SiteRegistry
 
 DEFAULT_ROOT = Path("/var/lib/airgap-harness")
 NETNS = "airgap"
@@ -68,6 +69,8 @@ class Harness:
                                    flags=["--registry-mirror", f"http://{ADDR}"], env=_NO_UPSTREAM)
         self.target_engine = Engine(self.root, "target",
                                     flags=["--iptables=false", "--bridge=none"], netns=NETNS)
+        # The site's Harbor stand-in: started on demand (fixture ``site_registry``), not by up().
+        self.site_registry = SiteRegistry(self.root, netns=NETNS)
         self.state_file = self.root / "state.json"
 
     # -- addresses ---------------------------------------------------------
@@ -127,12 +130,17 @@ class Harness:
         return self
 
     def down(self, purge: bool = False) -> None:
-        """Stop both engines and the registry; with ``purge`` also delete all state."""
+        """Stop the engines and registries; undo the site registry's host config.
+
+        With ``purge`` also delete all state.
+        """
         with self._locked():
-            for name, stop in (("target engine", self.target_engine.stop),
+            for name, stop in (("site registry", self.site_registry.stop),
+                               ("target engine", self.target_engine.stop),
                                ("build engine", self.build_engine.stop),
                                ("registry", self.registry_server.stop)):
                 self._log(f"{name}: {'stopped' if stop() else 'not running'}")
+            self.site_registry.remove_host_config()
             if purge:
                 self._purge()
 

@@ -10,11 +10,10 @@ from typing import Mapping, Optional, Sequence
 
 import docker
 
-from .net import unix_status
+from .net import NETNS_DIR, unix_status
 from .procs import HarnessError, pid_alive, read_pid, run, spawn, stop_pid, wait_until
 
 DOCKERD = "dockerd"
-NETNS_DIR = Path("/var/run/netns")
 
 
 class Engine:

@@ -1,11 +1,19 @@
-"""Tiny HTTP probes (TCP and unix socket) that need no docker SDK."""
+"""Tiny HTTP probes (TCP, TLS and unix socket) that need no docker SDK; network namespaces."""
 
 from __future__ import annotations
 
+import ctypes
 import http.client
+import os
 import socket
+import ssl
+import threading
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional, TypeVar
+
+NETNS_DIR = Path("/var/run/netns")
+_CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -42,11 +50,15 @@ def unix_status(sock: Path, path: str = "/_ping", timeout: float = 2.0) -> Optio
 
 def tcp_status(addr: str, path: str, method: str = "GET",
                headers: Optional[Mapping[str, str]] = None,
-               timeout: float = 2.0) -> Optional[int]:
-    """HTTP status of ``method path`` on ``addr`` (host:port); None if unreachable."""
+               timeout: float = 2.0, tls: Optional[ssl.SSLContext] = None) -> Optional[int]:
+    """HTTP status of ``method path`` on ``addr`` (host:port); None if unreachable.
+
+    With ``tls`` the request goes over HTTPS, verified by that context.
+    """
     host, port = addr.rsplit(":", 1)
-    return _status(http.client.HTTPConnection(host, int(port), timeout=timeout),
-                   method, path, headers)
+    conn = (http.client.HTTPSConnection(host, int(port), timeout=timeout, context=tls) if tls
+            else http.client.HTTPConnection(host, int(port), timeout=timeout))
+    return _status(conn, method, path, headers)
 
 
 def port_open(addr: str, timeout: float = 0.5) -> bool:
@@ -57,3 +69,42 @@ def port_open(addr: str, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def in_netns(netns: str, action: Callable[[], T], timeout: float = 120.0) -> T:
+    """Run ``action`` in network namespace ``netns`` and return its result (or raise its error).
+
+    It runs in a thread of its own that joins the namespace (setns(2) moves
+    only the calling thread) and then ends, so the rest of the process stays
+    where it is. Sockets the action opens live in ``netns``; files, /etc/hosts
+    and everything else are the caller's.
+    """
+    outcome: dict[str, object] = {}
+
+    def body() -> None:
+        try:
+            with open(NETNS_DIR / netns, "rb") as fh:
+                _setns(fh.fileno())
+            outcome["value"] = action()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=body, name=f"netns-{netns}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"action in netns {netns} still running after {timeout:.0f}s")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+def _setns(fd: int) -> None:
+    """Move the calling thread into the network namespace open as ``fd``."""
+    if hasattr(os, "setns"):  # Python >= 3.12
+        os.setns(fd, _CLONE_NEWNET)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns: {os.strerror(errno)}")
