@@ -271,6 +271,15 @@ class RegistryClient:
         status = response.status_code
         codes, messages = _errors(response)
         said = f" (the registry says: {'; '.join(messages)[:300]})" if messages else ""
+        if status == 401 and self.auth.scheme == "bearer" and scope in self.auth.tokens and self.credentials:
+            # The token service accepted who we are, but the token grants no access to this repository:
+            # Harbor answers so for a project that does not exist as for one the account may not use.
+            project = _project(scope) or self.registry.project
+            who = repr(self.credentials.username)
+            return RegistryError(f"{what}: the registry accepted {who} but grants no access to {project}/... "
+                                 f"({status}{said}): project {project} does not exist on the registry {self.host}, or "
+                                 "the account lacks permission in it; create the project in Harbor (and give the "
+                                 "account push/pull there), or pass --registry HOST/PROJECT", status=status)
         if status == 401:
             return _credentials_refused(self.host, self.credentials, status)
         if status == 403:
@@ -278,7 +287,8 @@ class RegistryClient:
             return RegistryError(f"{what}: {who} is not allowed ({status} denied{said}): give the account the needed "
                                  f"permission on project {_project(scope) or self.registry.project!r} in Harbor",
                                  status=status)
-        if status == 404 and ("NAME_UNKNOWN" in codes or "NOT_FOUND" in codes or any("project" in m for m in messages)):
+        if status == 404 and ("NAME_UNKNOWN" in codes or "NOT_FOUND" in codes or
+                              any("project" in m.lower() for m in messages)):
             project = _project(scope) or self.registry.project
             return RegistryError(f"{what}: project {project} does not exist on the registry {self.host}{said}; "
                                  "create it in Harbor or pass --registry HOST/PROJECT", status=status)
@@ -373,10 +383,12 @@ class RegistryClient:
         try:
             if response.status_code == 404:
                 codes, messages = _errors(response)
-                if codes and not codes & {"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "TAG_INVALID"} or \
-                        any("project" in m for m in messages):
-                    raise self._refusal(response, f"reading {repository}:{reference}", _scope(repository, "pull"))
-                return None
+                if any("project" in m.lower() for m in messages):  # Harbor: "project aihpc not found"
+                    project = repository.split("/", 1)[0]
+                    raise RegistryError(f"project {project} does not exist on the registry {self.host} (the registry "
+                                        f"says: {'; '.join(messages)[:200]}); create it in Harbor or pass "
+                                        "--registry HOST/PROJECT", status=404)
+                return None  # MANIFEST_UNKNOWN, NAME_UNKNOWN, Harbor's "artifact ... not found"
             body = response.raw.read(MAX_MANIFEST + 1, decode_content=True)
         finally:
             response.close()
