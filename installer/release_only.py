@@ -15,8 +15,6 @@ from .archive import RELEASE_DIR, ArchiveWriter, VerificationError, verify_archi
 from .archive.writer import ArchiveWriteError
 from .errors import InstallError, Say
 
-HEADER_ROOM = 1 << 20
-
 
 def release_only_name(name: str, version: str) -> str:
     """``NAME-VERSION.release.tar.zst``."""
@@ -38,9 +36,9 @@ def export_release(archive: Path, keys: list, output: Optional[Path], say: Say) 
             raise InstallError(f"{target}: would overwrite the archive it is read from; pass another --output")
         if bundle.signature is None:
             raise InstallError(f"{archive} is unsigned; a release-only archive keeps the builder's signature")
-        needed = len(bundle.header_bytes) + len(bundle.signature) + 4096
+        needed = len(bundle.header_bytes) + len(bundle.signature) + 4096  # the header's tar blocks, uncompressed
         try:
-            with ArchiveWriter(target, header_reserve=max(HEADER_ROOM, needed * 2)) as writer:
+            with ArchiveWriter(target, header_reserve=needed) as writer:
                 kept = 0
                 for record in header.members:
                     if not record.path.startswith(RELEASE_DIR + "/"):

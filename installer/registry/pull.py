@@ -43,14 +43,23 @@ def check_registry(registry: RegistryClient, header: BundleHeader, jobs: int = 8
     except RegistryError as exc:
         found.problems.append(str(exc))
         return found
+    absent = []
     for target in targets:
         found.names += len(target.references)
         for reference in target.missing:
-            found.problems.append(f"{reference} is missing or names another image than {target.image.id[7:19]} "
-                                  f"({', '.join(target.image.targets[:2])})")
+            other = target.wrong.get(str(reference))
+            if other is None:
+                absent.append(f"{reference.repository.rsplit('/', 1)[-1]}:{reference.tag}")
+            else:
+                found.problems.append(f"{reference} names image {other[7:19]}, the signed release says "
+                                      f"{target.image.id[7:19]} (another build was pushed under this tag)")
         if target.present is not None:
             repository, body, _ = target.present
             found.pulls[target.image.id] = f"{registry.host}/{repository}@sha256:{hashlib.sha256(body).hexdigest()}"
+    if absent:
+        shown = ", ".join(absent[:4]) + (f" and {len(absent) - 4} more" if len(absent) > 4 else "")
+        found.problems.insert(0, f"{registry.registry} lacks {len(absent)} of the release's {found.names} name(s): "
+                                 f"{shown}")
     return found
 
 

@@ -66,6 +66,7 @@ class ImageTarget:
     image: ImageRecord
     references: list[Reference]
     missing: list[Reference] = field(default_factory=list)
+    wrong: dict[str, str] = field(default_factory=dict)  # reference -> the config digest it names instead
     present: Optional[tuple[str, bytes, str]] = None  # repository, manifest bytes, media type
 
 
@@ -107,12 +108,15 @@ def survey(client: RegistryClient, targets: list[ImageTarget], jobs: int) -> Non
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for target in targets:
-            target.missing = []
+            target.missing, target.wrong = [], {}
             for reference, found in pool.map(look, target.references):
-                if found is not None and config_digest(found[1]) == target.image.id:
+                named = config_digest(found[1]) if found is not None else None
+                if named == target.image.id:
                     target.present = target.present or (reference.repository, found[1], found[0])
-                else:
-                    target.missing.append(reference)
+                    continue
+                target.missing.append(reference)
+                if found is not None:
+                    target.wrong[str(reference)] = named or "no single image"
 
 
 def config_digest(manifest: bytes) -> Optional[str]:
