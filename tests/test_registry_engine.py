@@ -6,6 +6,7 @@ says what was sent."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -64,8 +65,14 @@ def registry_references(header) -> dict[str, list[str]]:
 
 
 def stored_blobs(registry) -> set[str]:
+    """Digests of the layers and configs the registry stores (manifests, which it stores as blobs too, left out)."""
     root = registry.storage / "docker/registry/v2/blobs/sha256"
-    return {p.parent.name for p in root.glob("*/*/data")} if root.exists() else set()
+    found = set()
+    for data in root.glob("*/*/data") if root.exists() else []:
+        with open(data, "rb") as handle:
+            if b'"schemaVersion"' not in handle.read(64):
+                found.add(data.parent.name)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -224,15 +231,21 @@ def test_an_upgrade_from_the_registry_pulls_only_the_changed_images(harness, sit
 
 
 def test_a_push_killed_mid_blob_resumes_sending_only_what_is_missing(harness, site_registry, releases, tmp_path) -> None:
+    tree = source_tree(tmp_path, "src-big")
+    (tree / "src/backend/www/assets").mkdir(parents=True, exist_ok=True)
+    (tree / "src/backend/www/assets/model.bin").write_bytes(os.urandom(40_000_000))  # one large blob, incompressible
+    archive = build(harness, releases["folder"], "v0.3.8", tree)
     site_registry.wipe()
     record = tmp_path / "record"
     throttle = ["nsenter", f"--net=/var/run/netns/{harness.netns}", "tc", "qdisc"]
-    subprocess.run(throttle + ["add", "dev", "lo", "root", "tbf", "rate", "24mbit", "burst", "64kb", "latency", "400ms"],
+    # A slow link (24 Mbit/s) so the large blob is still on its way when the push is killed; the bucket holds
+    # more than loopback's 64 KB packets (a smaller one drops them all and stalls the connection).
+    subprocess.run(throttle + ["add", "dev", "lo", "root", "tbf", "rate", "24mbit", "burst", "1mb", "latency", "1s"],
                    check=True)
     try:
         command = ["nsenter", f"--net=/var/run/netns/{harness.netns}", "env", f"AIRGAP_INSTALL_CACHE={record}",
-                   sys.executable, "-m", "installer.cli", "push", str(releases["v0.3.6"]), "--pubkey",
-                   str(releases["pubkey"]), "--jobs", "1", "--username", site_registry.username, "--password-stdin"]
+                   sys.executable, "-m", "installer.cli", "push", str(archive), "--pubkey",
+                   str(releases["pubkey"]), "--jobs", "2", "--username", site_registry.username, "--password-stdin"]
         push = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
         assert push.stdin is not None
         push.stdin.write(site_registry.password.encode() + b"\n")
@@ -241,8 +254,8 @@ def test_a_push_killed_mid_blob_resumes_sending_only_what_is_missing(harness, si
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and push.poll() is None:
             partial = [p for p in uploads.glob("aihpc/*/_uploads/*/data") if p.stat().st_size > 2_000_000]
-            if partial and stored_blobs(site_registry):
-                break  # some blobs are complete and a large one is half-way
+            if partial and len(stored_blobs(site_registry)) > 3:
+                break  # the large blob is on its way (biggest first) while the other worker completed others
             time.sleep(0.05)
         assert push.poll() is None, "the push ended before it could be interrupted"
         push.send_signal(signal.SIGKILL)
@@ -252,12 +265,12 @@ def test_a_push_killed_mid_blob_resumes_sending_only_what_is_missing(harness, si
     before = stored_blobs(site_registry)
     assert before, "some blobs were complete before the kill"
     since = site_registry.log_size()
-    result = airgap_install(harness, site_registry, "push", str(releases["v0.3.6"]), "--pubkey", str(releases["pubkey"]),
+    result = airgap_install(harness, site_registry, "push", str(archive), "--pubkey", str(releases["pubkey"]),
                             "--jobs", "1", record=record)
     after = stored_blobs(site_registry)
     opened = [r for r in site_registry.requests(since) if r.method == "POST" and r.path.endswith(UPLOAD_PATH)
               and r.status == 202]
     assert len(opened) == len(after - before), (len(opened), len(after - before), result.stderr)
-    header, _, _ = read_header(releases["v0.3.6"])
+    header, _, _ = read_header(archive)
     for image_id, names in registry_references(header).items():
         assert skopeo_manifest(harness, site_registry, names[0])["config"]["digest"] == image_id

@@ -326,6 +326,8 @@ class Pusher:
             if blob.digest is not None and wire.digest != blob.digest:
                 raise RegistryError(f"{blob.member}: the encoded layer's digest changed ({wire.digest[:19]}, "
                                     f"expected {blob.digest[:19]}); not committed")
+            if encoding == "gzip":  # remembered before the commit: a run cut short right after it still knows it
+                self.record.put(blob.key, wire.digest, wire.size)
             return wire.digest
 
         try:
@@ -333,8 +335,6 @@ class Pusher:
         except (ArchiveFormatError, VerificationError) as exc:
             raise InstallError(f"reading {blob.member} from the archive: {exc}") from None
         blob.digest, blob.size = digest, wire.size
-        if encoding == "gzip":
-            self.record.put(blob.key, digest, wire.size)
         return wire.size
 
     def _gzip(self) -> BlockCompressor:
