@@ -80,6 +80,27 @@ def test_an_abandoned_gzip_stream_frees_its_slots() -> None:
         compressor.close()
 
 
+def test_many_gzip_streams_sharing_one_small_pool_all_finish() -> None:
+    """Four uploads at once, each with more blocks than the pool has slots (this deadlocked once)."""
+    compressor = BlockCompressor(level=1, workers=2)
+    results: dict[int, bytes] = {}
+
+    def stream(number: int) -> None:
+        blocks = [bytes([number]) * 300_000 for _ in range(12)]
+        results[number] = b"".join(compressor.gzip(iter(blocks)))
+
+    threads = [threading.Thread(target=stream, args=(n,), daemon=True) for n in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads), "the streams wait on one another"
+        assert all(gzip.decompress(results[n]) == bytes([n]) * 3_600_000 for n in range(4))
+    finally:
+        compressor.close()
+
+
 # -- a fake of Harbor's front: token service + registry ------------------------
 class FakeHarbor:
     """Harbor's answers: a bearer challenge, a token service taking basic auth (robot names have '$'),

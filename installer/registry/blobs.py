@@ -68,7 +68,10 @@ class BlockCompressor:
             for block in blocks:
                 while pending and (pending[0].done() or len(pending) > self.workers):
                     yield self._take(pending)
-                self._slots.acquire()
+                # Wait for a slot only holding none: a stream that holds slots frees its own first (its
+                # blocks always finish), so streams sharing the pool never wait on one another in a circle.
+                while not self._slots.acquire(blocking=not pending):
+                    yield self._take(pending)
                 pending.append(self._pool.submit(gzip_member, block, self.level))
             while pending:
                 yield self._take(pending)
