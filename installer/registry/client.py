@@ -350,7 +350,7 @@ class RegistryClient:
             raise RegistryError(f"{what}: the registry opened an upload without a Location")
         location = urljoin(self.base + "/", location)
         try:
-            sent = self.request("PATCH", location, scope, what=what, data=chunks, once=True, ok=(202, 204),
+            sent = self.request("PATCH", location, scope, what=what, data=_pieces(chunks), once=True, ok=(202, 204),
                                 headers={"Content-Type": "application/octet-stream"})
             location = urljoin(self.base + "/", sent.headers.get("Location") or location)
             sent.close()
@@ -414,6 +414,17 @@ class RegistryClient:
                                 headers=self.auth.headers(_scope(repository, "pull,push")), timeout=10).close()
         except requests.RequestException:
             pass  # the registry forgets abandoned uploads by itself
+
+
+SEND_PIECE = 1 << 20
+
+
+def _pieces(chunks: Iterator[bytes]) -> Iterator[memoryview]:
+    """Chunks cut into views of at most 1 MB: the HTTP layer copies each piece it frames, not a whole block."""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        for start in range(0, len(view), SEND_PIECE):
+            yield view[start:start + SEND_PIECE]
 
 
 def _scope(repository: str, actions: str) -> str:

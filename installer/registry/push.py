@@ -25,7 +25,14 @@ from ..archive import BundleHeader, ImageRecord, VerificationError, VerifiedBund
 from ..archive.layout import padding_for
 from ..archive.reader import ArchiveFormatError
 from ..errors import InstallError, Say
-from .blobs import DEFAULT_ENCODING, DEFAULT_GZIP_LEVEL, BlockCompressor, Hashed, manifest_types
+from .blobs import (
+    DEFAULT_ENCODING,
+    DEFAULT_GZIP_LEVEL,
+    BlockCompressor,
+    Hashed,
+    large_buffers_off_the_heap,
+    manifest_types,
+)
 from .client import RegistryClient, RegistryError
 from .reference import Reference, ReferenceError, Registry, site_reference
 
@@ -435,6 +442,7 @@ def push_archive(archive: Path, keys: list, access: "RegistryAccess", settings: 
             except VerificationError as exc:
                 raise InstallError(f"verification failed; nothing was sent: {exc}",
                                    getattr(exc, "problems", [])) from None
+            large_buffers_off_the_heap()
             pusher = Pusher(client, settings, say)
             result = pusher.push(bundle, targets)
         except RegistryError as exc:
