@@ -38,8 +38,15 @@ def main() -> None:
       airgap-install restart backend
       airgap-install down
 
-    The engine is the one DOCKER_HOST names (default: the local socket). Nothing
-    is ever pulled: every image comes from the archive.
+    \b
+    Many hosts, one site registry (Harbor):
+      airgap-install push aimatrix-v0.3.5.tar.zst --pubkey release.pub -u 'robot$aihpc+ci' --password-stdin
+      airgap-install export-release aimatrix-v0.3.5.tar.zst --pubkey release.pub
+      airgap-install install aimatrix-v0.3.5.release.tar.zst --pubkey release.pub --from-registry -u ... --password-stdin
+
+    The engine is the one DOCKER_HOST names (default: the local socket). Images
+    come from the archive, or with --from-registry from the site registry (pulled
+    by digest, checked against the signed image IDs); compose never pulls.
     """
 
 
@@ -128,6 +135,7 @@ def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeou
       1. preflight: engine, compose CLI, disk, published ports, platform, host paths (nothing changes)
       2. verify: signature, then every member's sha256 (nothing changes)
       3. load only the images and layers the engine lacks, streamed from the archive
+         (--from-registry: pull by digest only the images the engine lacks from the site registry)
       4. tag every name the stack uses (aliases, runtime names) from the loaded image IDs
       5. write PREFIX/releases/<version>, PREFIX/current and PREFIX/site.env (0600, secrets generated here)
       6. compose up without pulling; wait for health checks and one-shot services; print the endpoints

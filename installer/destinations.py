@@ -2,8 +2,9 @@
 
 Today's destination is the engine the installer runs next to (:class:`LocalEngine`:
 ``docker load`` of only what it lacks, then every name the stack uses tagged from
-the loaded image IDs). The next one, a site registry, is one more class with the
-same two methods.
+the loaded image IDs); the other takes them from the site registry
+(:class:`installer.registry.pull.RegistryImages`: pull by digest what the engine
+lacks, then the same tagging).
 """
 from __future__ import annotations
 

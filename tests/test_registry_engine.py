@@ -119,7 +119,7 @@ def test_push_stores_every_name_each_pointing_at_its_signed_image(harness, site_
 def test_push_again_sends_nothing(harness, site_registry, releases, pushed) -> None:
     since = site_registry.log_size()
     result = airgap_install(harness, site_registry, "push", str(releases["v0.3.5"]), "--pubkey", str(releases["pubkey"]),
-                            record=pushed["record"])
+                            "--ca-file", str(site_registry.ca_file), record=pushed["record"])
     sent = [r for r in site_registry.requests(since) if r.method in ("PATCH", "PUT", "POST", "DELETE")]
     assert sent == []
     assert "nothing sent" in result.stderr
@@ -274,3 +274,39 @@ def test_a_push_killed_mid_blob_resumes_sending_only_what_is_missing(harness, si
     header, _, _ = read_header(archive)
     for image_id, names in registry_references(header).items():
         assert skopeo_manifest(harness, site_registry, names[0])["config"]["digest"] == image_id
+
+
+def test_uncompressed_layers_pull_on_docker_20_10_and_zstd_layers_are_the_archives_own_frames(
+        harness, site_registry, releases, pushed, target_engine) -> None:
+    header, _, _ = read_header(releases["v0.3.5"])
+    backend = next(image for image in header.images if any("ai-infra-backend:" in t for t in image.targets))
+    for encoding in ("none", "zstd"):
+        airgap_install(harness, site_registry, "push", str(releases["v0.3.5"]), "--pubkey", str(releases["pubkey"]),
+                       "--registry", f"{HOST}/{encoding}", "--layer-compression", encoding)
+    plain = skopeo_manifest(harness, site_registry, f"{HOST}/none/ai-infra-backend:v0.3.5")
+    assert [layer["digest"] for layer in plain["layers"]] == backend.diff_ids  # the layer tars as they are
+    frames = {m.path.split("/")[1]: m.frames_sha256 for m in header.members if m.path.endswith("/layer.tar")}
+    zstd = skopeo_manifest(harness, site_registry, f"{HOST}/zstd/ai-infra-backend:v0.3.5")
+    assert all(layer["mediaType"].endswith("+zstd") for layer in zstd["layers"])
+    assert [layer["digest"] for layer in zstd["layers"]] == \
+        ["sha256:" + frames[d.split(":")[1]] for d in backend.diff_ids]  # sent as stored: no compression work
+    # the air-gapped Docker 20.10 engine pulls the uncompressed (OCI) image as the signed image
+    name = f"{HOST}/none/ai-infra-backend:v0.3.5"
+    target_engine.api.pull(name, auth_config=site_registry.auth_config())
+    try:
+        assert target_engine.images.get(name).id == backend.id
+    finally:
+        target_engine.images.remove(name)
+
+
+def test_a_plain_http_registry_needs_insecure_registry(harness, releases, tmp_path) -> None:
+    """The harness's loopback registry (the docker.io mirror) speaks plain HTTP."""
+    push = [sys.executable, "-m", "installer.cli", "push", str(releases["v0.3.5"]), "--pubkey", str(releases["pubkey"]),
+            "--registry", f"{harness.registry}/plainhttp"]
+    env = {"AIRGAP_INSTALL_CACHE": str(tmp_path)}
+    refused = subprocess.run(push, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env})
+    assert refused.returncode != 0 and "--insecure-registry" in refused.stderr and "Traceback" not in refused.stderr
+    accepted = subprocess.run(push + ["--insecure-registry"], capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, **env})
+    assert accepted.returncode == 0, accepted.stderr
+    assert "17 name(s) stored" in accepted.stderr
