@@ -454,3 +454,36 @@ def test_a_deeply_nested_unsigned_header_is_refused_with_a_clear_message(tmp_pat
         read_header(archive)
     with pytest.raises(VerificationError):
         verify_archive(archive, [public], allow_untrusted=True)
+
+
+def test_members_read_side_by_side_from_the_held_archive_and_a_change_after_verification_is_caught(
+        tmp_path: Path, keypair) -> None:
+    private, public, _ = keypair
+    archive = tmp_path / "demo-v1.tar.zst"
+    contents = write_bundle(archive, private)
+    with verify_archive(archive, [public]) as verified:
+        layers = [name for name in contents if name.endswith("/layer.tar")]
+        readers = {name: verified.blocks(name) for name in layers}  # open at once, read interleaved
+        got = {name: [] for name in layers}
+        while readers:
+            for name in list(readers):
+                block = next(readers[name], None)
+                if block is None:
+                    del readers[name]
+                else:
+                    got[name].append(block)
+        assert {name: b"".join(parts) for name, parts in got.items()} == {name: contents[name] for name in layers}
+        size, frames = verified.frames(layers[0])
+        raw = b"".join(frames)
+        plain = zstandard.ZstdDecompressor().decompressobj().decompress(raw)  # the member, then its tar padding
+        assert len(raw) == size and plain.rstrip(b"\0") == contents[layers[0]].rstrip(b"\0") and len(plain) % 512 == 0
+        # the same file changed in place after verification: the read fails once the member's frames are in
+        location = verified.locations[layers[0]]
+        with open(archive, "r+b") as handle:
+            handle.seek(location.offset + location.length - 6)
+            byte = handle.read(1)
+            handle.seek(-1, 1)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+        with pytest.raises(ArchiveFormatError, match="changed since they were verified|corrupt"):
+            for _ in verified.blocks(layers[0]):
+                pass

@@ -142,7 +142,11 @@ def decompress_frame(frame: Frame, limit: int) -> bytes:
     """The content of a frame of at most ``limit`` bytes (compressed and decompressed)."""
     if frame.content_size is not None and frame.content_size > limit:
         raise FrameError(f"corrupt compressed data: a frame of {frame.content_size} bytes where at most {limit} fit")
-    raw = frame.read(limit + (1 << 16))
+    return decompress_raw(frame.read(limit + (1 << 16)), limit)
+
+
+def decompress_raw(raw: bytes, limit: int) -> bytes:
+    """The content of one whole frame's raw bytes, at most ``limit`` bytes."""
     try:
         return zstandard.ZstdDecompressor().decompress(raw, max_output_size=limit)
     except zstandard.ZstdError as exc:

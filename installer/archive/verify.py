@@ -127,14 +127,17 @@ class VerifiedBundle:
         return name in self.held
 
     def blocks(self, name: str) -> Iterator[bytes]:
-        """A verified member's content, read from the held archive (side by side with other members' readers)."""
+        """A verified member's content, read from the held archive (side by side with other members' readers).
+
+        Its frames are hashed again as they are read; a mismatch raises after the last block.
+        """
         self.require_checked()
         record = self.header.member(name)
         if record is None:
             raise VerificationError(f"{self.path}: {name!r} is not a member of this release")
         location = self.locations.get(name)
         if location is not None and self.handle is not None:
-            yield from member_blocks(self.handle, location, record.size)
+            yield from member_blocks(self.handle, location, record.size, record.frames_sha256)
             return
         with self.reader() as reader:  # not framed on its own: walk to it
             for member in reader.members():

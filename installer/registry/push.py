@@ -317,15 +317,17 @@ class Pusher:
             self.client.put_blob(repository, data, blob.digest)
             return len(data)
         encoding = self.settings.encoding
-        content = Hashed(bundle.blocks(blob.member)) if encoding != "zstd" else None
+        # The frames are re-hashed as they are read (bundle.blocks); the content is hashed again only for a
+        # member not stored in frames of its own.
+        rehash = encoding != "zstd" and blob.member not in bundle.locations
+        content = Hashed(bundle.blocks(blob.member)) if rehash else None
         if encoding == "zstd":
             framed = bundle.frames(blob.member)
             assert framed is not None
             wire = Hashed(framed[1])
-        elif encoding == "none":
-            wire = content  # type: ignore[assignment]
         else:
-            wire = Hashed(self._gzip().gzip(iter(content)))  # type: ignore[arg-type]
+            blocks = iter(content) if content is not None else bundle.blocks(blob.member)
+            wire = Hashed(blocks if encoding == "none" else self._gzip().gzip(blocks))
 
         def digest_of() -> str:
             if content is not None and content.digest != blob.diff_id:
