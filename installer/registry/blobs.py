@@ -24,9 +24,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
+try:  # Intel's ISA-L deflate (python-isal): the same gzip at several times zlib's speed
+    from isal import isal_zlib
+except ImportError:  # pragma: no cover - a dependency, but a host without it still pushes, slower
+    isal_zlib = None
+
 ENCODINGS = ("gzip", "none", "zstd")
 DEFAULT_ENCODING = "gzip"
 DEFAULT_GZIP_LEVEL = 1
+ISAL_MAX_LEVEL = 3  # ISA-L's levels are 0-3; a higher --gzip-level takes its 3
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -63,10 +69,20 @@ def manifest_types(encoding: str) -> tuple[str, str, str]:
 
 
 def gzip_member(block: bytes, level: int) -> bytes:
-    """One complete gzip member holding ``block``."""
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -15, 9)
+    """One complete gzip member holding ``block`` (ISA-L's deflate where installed: about 5x zlib's speed)."""
+    if isal_zlib is not None:
+        compressor = isal_zlib.compressobj(min(level, ISAL_MAX_LEVEL), isal_zlib.DEFLATED, -15)
+        crc = isal_zlib.crc32(block)
+    else:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -15, 9)
+        crc = zlib.crc32(block)
     body = compressor.compress(block) + compressor.flush()
-    return _GZIP_HEADER + body + struct.pack("<II", zlib.crc32(block), len(block) & 0xFFFFFFFF)
+    return _GZIP_HEADER + body + struct.pack("<II", crc, len(block) & 0xFFFFFFFF)
+
+
+def gzip_implementation(level: int) -> str:
+    """Which deflate makes the gzip layers, and at what level (part of the key of remembered digests)."""
+    return f"isal{min(level, ISAL_MAX_LEVEL)}" if isal_zlib is not None else f"zlib{level}"
 
 
 class BlockCompressor:

@@ -30,6 +30,7 @@ from .blobs import (
     DEFAULT_GZIP_LEVEL,
     BlockCompressor,
     Hashed,
+    gzip_implementation,
     large_buffers_off_the_heap,
     manifest_types,
 )
@@ -216,8 +217,8 @@ class Pusher:
 
     # -- blobs ------------------------------------------------------------
     def _layer_key(self, diff_id: str) -> str:
-        level = f":{self.settings.gzip_level}" if self.settings.encoding == "gzip" else ""
-        return f"{self.settings.encoding}{level}:{diff_id}"
+        how = f":{gzip_implementation(self.settings.gzip_level)}" if self.settings.encoding == "gzip" else ""
+        return f"{self.settings.encoding}{how}:{diff_id}"
 
     def _blobs(self, bundle: VerifiedBundle, targets: list[ImageTarget]) -> dict[str, _Blob]:
         blobs: dict[str, _Blob] = {}
@@ -440,7 +441,7 @@ def push_archive(archive: Path, keys: list, access: "RegistryAccess", settings: 
                 return result
             say(f"to push: {missing} name(s); verify: every member's sha256 against the signed header")
             try:
-                bundle.check_members(may_lack=lambda name: False)
+                bundle.check_members()
             except VerificationError as exc:
                 raise InstallError(f"verification failed; nothing was sent: {exc}",
                                    getattr(exc, "problems", [])) from None
