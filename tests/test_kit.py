@@ -17,7 +17,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -336,13 +335,11 @@ def test_missing_wheel_and_missing_python_are_named(kit: Path, release_key: Key,
 def test_warm_rebuild_needs_no_network(offline: Offline, kit: Path, release_key: Key, tmp_path: Path) -> None:
     """With the cache warm, a kit builds inside the namespace; the host's Python is then named as not covered."""
     other = next(v for v in DEFAULT_PYTHONS if v != f"{sys.version_info[0]}.{sys.version_info[1]}")
-    started = time.monotonic()
     result = offline.run(sys.executable, "-m", "bundler.cli", "kit", "-o", str(tmp_path / "out"), "--python", other,
                          "--key", str(release_key.private), "--cache-dir", str(CACHE), "--plain", cwd=ROOT)
     assert result.returncode == 0, _done(result)
     small = Path(result.stdout.strip())
     assert small == tmp_path / "out" / kit.name and (small / "install.sh").is_file()
-    assert time.monotonic() - started < 60
 
     assert f"signed by {release_key.fingerprint}" in result.stderr, _done(result)
     refused = _install_sh(offline, small, release_key, "--prefix", str(tmp_path / "prefix"), cwd=tmp_path,
