@@ -241,3 +241,40 @@ def test_an_unreachable_registry_and_a_plain_http_one_are_explained() -> None:
             tls_client.ping()
     finally:
         fake.close()
+
+
+# -- the command line's registry options -----------------------------------------
+def _header(registry: str = ""):
+    from installer.archive import BundleHeader
+
+    return BundleHeader(name="aimatrix", version="v0.3.5", tool_version="t", platform="linux/amd64", created="",
+                        signer="", images=[], members=[], release={"project": "ai-infra-matrix", "registry": registry})
+
+
+def test_the_registry_comes_from_the_signed_release_unless_given() -> None:
+    from installer.errors import InstallError
+    from installer.registry.access import RegistryAccess
+
+    assert str(RegistryAccess().target(_header("aiharbor.msxf.local/aihpc"))) == "aiharbor.msxf.local/aihpc"
+    assert str(RegistryAccess(registry="harbor.lab:8443/x").target(_header("aiharbor.msxf.local/aihpc"))) == \
+        "harbor.lab:8443/x"
+    with pytest.raises(InstallError, match="built without a registry.*--registry"):
+        RegistryAccess().target(_header(""))
+    with pytest.raises(InstallError, match="without https://"):
+        RegistryAccess(registry="https://harbor.lab/x").target(_header(""))
+
+
+def test_a_password_only_on_stdin_and_never_empty() -> None:
+    import io
+
+    from installer.errors import InstallError
+    from installer.registry.access import RegistryAccess, read_password
+
+    with pytest.raises(InstallError, match="--password-stdin"):
+        RegistryAccess(username=ROBOT).credentials("aiharbor.msxf.local")
+    with pytest.raises(InstallError, match="needs --username"):
+        RegistryAccess(password="x").credentials("aiharbor.msxf.local")
+    assert read_password(io.StringIO("s3cret$x\n")) == "s3cret$x"
+    with pytest.raises(InstallError, match="empty"):
+        read_password(io.StringIO("\n"))
+    assert RegistryAccess(username=ROBOT, password="p").credentials("h") == Credentials(ROBOT, "p")
