@@ -439,6 +439,9 @@ def push_archive(archive: Path, keys: list, access: "RegistryAccess", settings: 
                 result.seconds = time.monotonic() - started
                 say("the registry holds every name already, each pointing at its image; nothing sent")
                 return result
+            for target in targets:
+                for name, other in target.wrong.items():
+                    say(f"  replacing {name}: it names image {other[7:19]}, this release's is {target.image.id[7:19]}")
             say(f"to push: {missing} name(s); verify: every member's sha256 against the signed header")
             try:
                 bundle.check_members()
