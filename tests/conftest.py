@@ -8,7 +8,7 @@ from typing import Iterator, NoReturn
 import docker
 import pytest
 
-from tests.harness import Harness, SiteRegistry
+from tests.harness import Harness, SiteRegistry, SwarmRig
 
 
 def _harness_unavailable(reason: str) -> NoReturn:
@@ -48,6 +48,26 @@ def site_registry(harness: Harness) -> SiteRegistry:
     if error is not None:
         _harness_unavailable(error)
     return harness.site_registry
+
+
+@pytest.fixture(scope="session")
+def swarm_rig() -> SwarmRig:
+    """The two-node Swarm (netns node1 / node2, site registry on node1), started once per session.
+
+    Independent of the harness's engines (only its root); stays up afterwards
+    (``python -m tests.harness down`` stops it).
+    """
+    if os.geteuid() != 0:
+        _harness_unavailable("needs root (dockerd, network namespaces)")
+    rig = Harness().swarm
+    error: str | None = None
+    try:
+        rig.ensure()
+    except Exception as exc:  # reported like the harness itself: fail under CI, else skip
+        error = f"swarm rig: {type(exc).__name__}: {exc}"
+    if error is not None:
+        _harness_unavailable(error)
+    return rig
 
 
 def _client(docker_host: str) -> Iterator[docker.DockerClient]:

@@ -1,4 +1,5 @@
-"""CLI: python -m tests.harness up|down [--purge]|status|env|reset-target|site-registry [--wipe]."""
+"""CLI: python -m tests.harness up|down [--purge]|status|env|reset-target|site-registry [--wipe]|
+swarm [--down]."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
                           help="start the site registry (aiharbor.msxf.local in the netns); "
                                "print its host, CA file, username and password file as exports")
     site.add_argument("--wipe", action="store_true", help="delete everything it stores first")
+    rig = sub.add_parser("swarm",
+                         help="start the two-node Swarm rig (netns node1, node2; the site "
+                              "registry on node1); print each node's DOCKER_HOST and the "
+                              "registry as exports")
+    rig.add_argument("--down", action="store_true",
+                     help="leave the Swarm, stop its engines, delete its namespaces")
     args = parser.parse_args(argv)
 
     harness = Harness(log=stderr_log)
@@ -43,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             harness.reset_target()
         elif args.command == "site-registry":
             site_registry(harness, wipe=args.wipe)
+        elif args.command == "swarm":
+            swarm(harness, down=args.down)
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
@@ -62,6 +71,23 @@ def site_registry(harness: Harness, wipe: bool = False) -> None:
                        ("SITE_REGISTRY_USERNAME", site.username),
                        ("SITE_REGISTRY_PASSWORD_FILE", str(site.password_file))):
         print(f"export {key}={shlex.quote(value)}")
+
+
+def swarm(harness: Harness, down: bool = False) -> None:
+    """Start (or reuse, or stop) the Swarm rig; print shell export lines naming it."""
+    rig = harness.swarm
+    if down:
+        stderr_log(f"swarm rig: {'stopped' if rig.stop() else 'not running'}")
+        return
+    rig.ensure()
+    site = rig.site_registry
+    exports = [(f"{node.upper()}_DOCKER_HOST", rig.docker_host(node)) for node in rig.nodes]
+    exports += [("SITE_REGISTRY_HOST", site.host), ("SITE_REGISTRY_CA_FILE", str(site.ca_file)),
+                ("SITE_REGISTRY_USERNAME", site.username),
+                ("SITE_REGISTRY_PASSWORD_FILE", str(site.password_file))]
+    for key, value in exports:
+        print(f"export {key}={shlex.quote(value)}")
+    stderr_log("run a command inside a node: nsenter --net=/var/run/netns/NODE COMMAND")
 
 
 if __name__ == "__main__":

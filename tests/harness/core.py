@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -20,9 +19,10 @@ from docker.errors import APIError, NotFound
 from .engine import Engine, delete_netns, ensure_netns, netns_exists
 from .foreign import foreign_archive
 from .images import Publisher, Standin, load_standins
-from .procs import HarnessError, run
+from .procs import HarnessError, file_lock, run
 from .registry import ADDR, Registry
 from .siteregistry import SiteRegistry
+from .swarm import SwarmRig
 
 DEFAULT_ROOT = Path("/var/lib/airgap-harness")
 NETNS = "airgap"
@@ -71,6 +71,9 @@ class Harness:
                                     flags=["--iptables=false", "--bridge=none"], netns=NETNS)
         # The site's Harbor stand-in: started on demand (fixture ``site_registry``), not by up().
         self.site_registry = SiteRegistry(self.root, netns=NETNS)
+        # The two-node Swarm (netns node1 / node2) with its own site registry: on demand
+        # (fixture ``swarm_rig``, or ``python -m tests.harness swarm``), not by up().
+        self.swarm = SwarmRig(self.root, log=self._log)
         self.state_file = self.root / "state.json"
 
     # -- addresses ---------------------------------------------------------
@@ -130,12 +133,13 @@ class Harness:
         return self
 
     def down(self, purge: bool = False) -> None:
-        """Stop the engines and registries; undo the site registry's host config.
+        """Stop the Swarm rig, the engines and registries; undo the site registry's host config.
 
         With ``purge`` also delete all state.
         """
         with self._locked():
-            for name, stop in (("site registry", self.site_registry.stop),
+            for name, stop in (("swarm rig", self.swarm.stop),
+                               ("site registry", self.site_registry.stop),
                                ("target engine", self.target_engine.stop),
                                ("build engine", self.build_engine.stop),
                                ("registry", self.registry_server.stop)):
@@ -226,14 +230,9 @@ class Harness:
         self._log(f"{name}: {result}")
         return result
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         """Serialise up/down of concurrent harness users (a file lock under ROOT/run)."""
-        lock = self.root / "run" / "harness.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            yield
+        return file_lock(self.root / "run" / "harness.lock")
 
     @contextlib.contextmanager
     def _publisher(self) -> Iterator[tuple[Publisher, dict]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import ipaddress
 import json
 import os
@@ -22,7 +21,7 @@ import shutil
 import ssl
 import warnings
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional
+from typing import NamedTuple, Optional
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -32,7 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .engine import ensure_netns
 from .net import NETNS_DIR, in_netns, tcp_status
-from .procs import HarnessError, pid_alive, read_pid, spawn, stop_pid, wait_until
+from .procs import HarnessError, file_lock, pid_alive, read_pid, spawn, stop_pid, wait_until
 
 HOST = "aiharbor.msxf.local"
 ADDR = "127.0.0.1:443"
@@ -62,8 +61,9 @@ class Request(NamedTuple):
 class SiteRegistry:
     """The site registry's process, credentials, TLS files and host configuration.
 
-    Everything it keeps lives under ROOT/site-registry; the only files it
-    touches outside are one line of /etc/hosts and
+    Everything it keeps lives under ROOT/site-registry (or ``state`` and
+    ``keys``, see ``__init__``); the only files it touches outside are one
+    line of /etc/hosts and
     /etc/docker/certs.d/aiharbor.msxf.local/ (removed by
     :meth:`remove_host_config`).
     """
@@ -71,20 +71,27 @@ class SiteRegistry:
     host = HOST
 
     def __init__(self, root: Path, netns: str = "airgap", hosts_file: Path = HOSTS_FILE,
-                 certs_d: Path = CERTS_D) -> None:
+                 certs_d: Path = CERTS_D, addr: str = ADDR, state: Optional[Path] = None,
+                 keys: Optional[Path] = None) -> None:
+        """``addr``: where it listens inside ``netns``; ``state``: its folder (storage, config,
+        log, pidfile; default ROOT/site-registry); ``keys``: the folder of the TLS files, the
+        password and the host-configuration record (default ``state``). Registries sharing
+        ``keys`` are one site registry to their clients: one CA, one robot account."""
         self.netns = netns
-        self.state = Path(root) / "site-registry"
+        self.addr = addr
+        self.state = Path(state) if state else Path(root) / "site-registry"
+        self.keys = Path(keys) if keys else self.state
         self.storage = self.state / "storage"
         self.log = self.state / "registry.log"
         self.config = self.state / "config.yml"
         self.pidfile = self.state / "registry.pid"
-        self.ca_file = self.state / "tls" / "ca.crt"
-        self.password_file = self.state / "password"
-        self.htpasswd = self.state / "htpasswd"
-        self._ca_key = self.state / "tls" / "ca.key"
-        self._server_cert = self.state / "tls" / "server.crt"
-        self._server_key = self.state / "tls" / "server.key"
-        self._host_record = self.state / "host-config.json"
+        self.ca_file = self.keys / "tls" / "ca.crt"
+        self.password_file = self.keys / "password"
+        self.htpasswd = self.keys / "htpasswd"
+        self._ca_key = self.keys / "tls" / "ca.key"
+        self._server_cert = self.keys / "tls" / "server.crt"
+        self._server_key = self.keys / "tls" / "server.key"
+        self._host_record = self.keys / "host-config.json"
         self._hosts_file = hosts_file
         self._cert_dir = certs_d / HOST
 
@@ -117,7 +124,8 @@ class SiteRegistry:
             return False
         tls = ssl.create_default_context(cafile=str(self.ca_file))
         agent = {"User-Agent": PROBE_AGENT}
-        return in_netns(self.netns, lambda: tcp_status(ADDR, "/v2/", headers=agent, tls=tls)) == 401
+        addr = self.addr.replace("0.0.0.0:", "127.0.0.1:")  # listening everywhere: ask loopback
+        return in_netns(self.netns, lambda: tcp_status(addr, "/v2/", headers=agent, tls=tls)) == 401
 
     def ensure(self) -> str:
         """Start the registry unless it runs; configure the host. Returns "started" or "running"."""
@@ -154,16 +162,12 @@ class SiteRegistry:
         self._write_config()
         proc = spawn(["nsenter", f"--net={NETNS_DIR / self.netns}", PROGRAM, "serve",
                       str(self.config)], self.log, self.pidfile)
-        wait_until(self.healthy, 30, f"site registry on {ADDR} in netns {self.netns}",
+        wait_until(self.healthy, 30, f"site registry on {self.addr} in netns {self.netns}",
                    alive=lambda: proc.poll() is None, log=self.log)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Serialise ensure / wipe of concurrent users (a file lock in the state folder)."""
-        self.state.mkdir(parents=True, exist_ok=True)
-        with open(self.state / "lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            yield
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        """Serialise ensure / wipe of concurrent users (a file lock in the keys folder)."""
+        return file_lock(self.keys / "lock")
 
     # -- the log -----------------------------------------------------------
 
@@ -264,7 +268,7 @@ class SiteRegistry:
             "storage:\n"
             f"  filesystem:\n    rootdirectory: {self.storage}\n"
             "  delete:\n    enabled: true\n"
-            f"http:\n  addr: {ADDR}\n  secret: {secrets.token_hex(16)}\n"
+            f"http:\n  addr: {self.addr}\n  secret: {secrets.token_hex(16)}\n"
             f"  tls:\n    certificate: {self._server_cert}\n    key: {self._server_key}\n"
             f"auth:\n  htpasswd:\n    realm: {HOST}\n    path: {self.htpasswd}\n"
         )
