@@ -11,13 +11,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from installer.archive import read_header
 from tests.harness import SOURCE_DIR
-from tests.test_install_engine import PROJECT, ROOT
+from tests.test_install_engine import ROOT
 from tests.test_upgrade_engine import build, source_tree
 
 HOST = "aiharbor.msxf.local"
@@ -62,6 +63,15 @@ def registry_references(header) -> dict[str, list[str]]:
             names.append(target if target.startswith(prefix) else prefix + target)
         result[image.id] = sorted(set(names))
     return result
+
+
+def _bytes_written(pid: int) -> int:
+    """Bytes the process has written so far (sockets included): how far its uploads have got."""
+    try:
+        io = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return 0
+    return int(next(line.split()[1] for line in io.splitlines() if line.startswith("wchar:")))
 
 
 def stored_blobs(registry) -> set[str]:
@@ -250,12 +260,10 @@ def test_a_push_killed_mid_blob_resumes_sending_only_what_is_missing(harness, si
         assert push.stdin is not None
         push.stdin.write(site_registry.password.encode() + b"\n")
         push.stdin.close()
-        uploads = site_registry.storage / "docker/registry/v2/repositories"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and push.poll() is None:
-            partial = [p for p in uploads.glob("aihpc/*/_uploads/*/data") if p.stat().st_size > 2_000_000]
-            if partial and len(stored_blobs(site_registry)) > 3:
-                break  # the large blob is on its way (biggest first) while the other worker completed others
+            if _bytes_written(push.pid) > 8_000_000 and len(stored_blobs(site_registry)) > 3:
+                break  # the large blob (sent first) is on its way while the other upload completed others
             time.sleep(0.05)
         assert push.poll() is None, "the push ended before it could be interrupted"
         push.send_signal(signal.SIGKILL)
@@ -302,7 +310,7 @@ def test_uncompressed_layers_pull_on_docker_20_10_and_zstd_layers_are_the_archiv
 def test_a_plain_http_registry_needs_insecure_registry(harness, releases, tmp_path) -> None:
     """The harness's loopback registry (the docker.io mirror) speaks plain HTTP."""
     push = [sys.executable, "-m", "installer.cli", "push", str(releases["v0.3.5"]), "--pubkey", str(releases["pubkey"]),
-            "--registry", f"{harness.registry}/plainhttp"]
+            "--registry", f"{harness.registry}/plain{uuid.uuid4().hex[:8]}"]  # that registry keeps what it gets
     env = {"AIRGAP_INSTALL_CACHE": str(tmp_path)}
     refused = subprocess.run(push, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env})
     assert refused.returncode != 0 and "--insecure-registry" in refused.stderr and "Traceback" not in refused.stderr

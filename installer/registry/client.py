@@ -322,8 +322,12 @@ class RegistryClient:
         response.close()
         return response.status_code == 200
 
-    def mount_blob(self, repository: str, digest: str, source: str) -> bool:
-        """Link blob ``digest`` from ``source`` into ``repository`` without sending it; False if the registry would not."""
+    def mount_blob(self, repository: str, digest: str, source: str) -> tuple[bool, Optional[str]]:
+        """Link blob ``digest`` from ``source`` into ``repository`` without sending it.
+
+        Returns (True, None) when linked; else (False, the upload session the registry opened instead,
+        which the caller uses to send the blob, as the distribution spec has it).
+        """
         response = self.request(
             "POST", f"/v2/{repository}/blobs/uploads/?{urlencode({'mount': digest, 'from': source})}",
             f"{_scope(repository, 'pull,push')} {_scope(source, 'pull')}",
@@ -331,24 +335,30 @@ class RegistryClient:
         mounted = response.status_code == 201
         location = response.headers.get("Location")
         response.close()
-        if not mounted and location:  # an upload session was opened instead: close it
-            self._cancel(location, repository)
-        return mounted
+        return mounted, (None if mounted or not location else urljoin(self.base + "/", location))
 
-    def upload_blob(self, repository: str, chunks: Iterator[bytes], digest_of: Callable[[], str]) -> str:
-        """Stream a blob into ``repository`` (one attempt); ``digest_of()`` after the stream ends gives its digest.
+    def open_upload(self, repository: str) -> str:
+        """Open an upload session in ``repository``; its URL."""
+        what = f"uploading a blob to {repository}"
+        opened = self.request("POST", f"/v2/{repository}/blobs/uploads/", _scope(repository, "pull,push"), what=what,
+                              ok=(202,))
+        location = opened.headers.get("Location")
+        opened.close()
+        if not location:
+            raise RegistryError(f"{what}: the registry opened an upload without a Location")
+        return urljoin(self.base + "/", location)
+
+    def upload_blob(self, repository: str, chunks: Iterator[bytes], digest_of: Callable[[], str],
+                    location: Optional[str] = None) -> str:
+        """Stream a blob into ``repository`` (one attempt, in session ``location`` or a new one); ``digest_of()``
+        after the stream ends gives its digest.
 
         Returns the digest the registry stored. A failure leaves no blob behind
         (the registry drops an upload that is never committed).
         """
         scope = _scope(repository, "pull,push")
         what = f"uploading a blob to {repository}"
-        opened = self.request("POST", f"/v2/{repository}/blobs/uploads/", scope, what=what, ok=(202,))
-        location = opened.headers.get("Location")
-        opened.close()
-        if not location:
-            raise RegistryError(f"{what}: the registry opened an upload without a Location")
-        location = urljoin(self.base + "/", location)
+        location = location or self.open_upload(repository)
         try:
             sent = self.request("PATCH", location, scope, what=what, data=_pieces(chunks), once=True, ok=(202, 204),
                                 headers={"Content-Type": "application/octet-stream"})
@@ -360,17 +370,15 @@ class RegistryClient:
                                      data=b"", ok=(201, 204), once=True, headers={"Content-Length": "0"})
             committed.close()
         except BaseException:
-            self._cancel(location, repository)
+            self.cancel_upload(location, repository)
             raise
         return digest
 
-    def put_blob(self, repository: str, data: bytes, digest: str) -> None:
-        """Upload a small blob (an image config) in one request."""
+    def put_blob(self, repository: str, data: bytes, digest: str, location: Optional[str] = None) -> None:
+        """Upload a small blob (an image config) in one request (in session ``location`` or a new one)."""
         scope = _scope(repository, "pull,push")
         what = f"uploading blob {digest[:19]} to {repository}"
-        opened = self.request("POST", f"/v2/{repository}/blobs/uploads/", scope, what=what, ok=(202,))
-        location = urljoin(self.base + "/", opened.headers.get("Location") or "")
-        opened.close()
+        location = location or self.open_upload(repository)
         separator = "&" if "?" in location else "?"
         self.request("PUT", f"{location}{separator}{urlencode({'digest': digest})}", scope, what=what, data=data,
                      ok=(201, 204), headers={"Content-Type": "application/octet-stream"}).close()
@@ -408,7 +416,8 @@ class RegistryClient:
         response.close()
         return digest
 
-    def _cancel(self, location: str, repository: str) -> None:
+    def cancel_upload(self, location: str, repository: str) -> None:
+        """Drop an upload session (best effort: the registry forgets abandoned ones by itself)."""
         try:
             self.session.delete(urljoin(self.base + "/", location),
                                 headers=self.auth.headers(_scope(repository, "pull,push")), timeout=10).close()

@@ -11,6 +11,7 @@ one is refused.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -22,6 +23,8 @@ from ..destinations import Delivered, fill_in_names
 from ..errors import InstallError, Say
 from .client import RegistryClient, RegistryError
 from .push import image_targets, survey
+
+PARALLEL_PULLS = 4
 
 
 @dataclass
@@ -128,18 +131,19 @@ class RegistryImages:
         header = bundle.header
         self.check(header)
         assert self.found is not None
-        pulled = []
         lacking = [image for image in header.images if engine_ops.image_id_of(self.client, image.id) is None]
         say(f"pull: {len(lacking)} image(s) from {self.registry.registry} "
             f"(the engine has {len(header.images) - len(lacking)} already)")
-        for image in lacking:
-            reference = self.found.pulls[image.id]
-            self._pull(reference, say)
+        pulls = {image.id: self.found.pulls[image.id] for image in lacking}
+        with ThreadPoolExecutor(max_workers=PARALLEL_PULLS) as pool:  # the engine shares layers between pulls
+            for future in [pool.submit(self._pull, reference, say) for reference in pulls.values()]:
+                future.result()
+        for image_id, reference in pulls.items():
             got = engine_ops.image_id_of(self.client, reference)
-            if got != image.id:
+            if got != image_id:
                 raise InstallError(f"{reference} was pulled as image {str(got)[7:19]}, the signed release says "
-                                   f"{image.id[7:19]}; refusing it")
-            pulled.append(reference)
+                                   f"{image_id[7:19]}; refusing it")
+        pulled = list(pulls.values())
         tagged = fill_in_names(self.client, header, say)
         return Delivered(loaded=pulled, tagged=tagged, layer_bytes=0)
 

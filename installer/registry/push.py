@@ -287,35 +287,37 @@ class Pusher:
         for repository in lacking:
             if blob.digest is not None and self.client.blob_exists(repository, blob.digest):
                 continue
-            if self.client.mount_blob(repository, blob.digest, holders[0]):
+            mounted, session = self.client.mount_blob(repository, blob.digest, holders[0])
+            if mounted:
                 with self._lock:
                     self.result.blobs_mounted += 1
-            else:
-                self._send(bundle, blob, repository)
+            else:  # the registry opened an upload instead: send the blob in it
+                self._send(bundle, blob, repository, session)
 
-    def _send(self, bundle: VerifiedBundle, blob: _Blob, repository: str) -> None:
-        """Upload one blob, retrying transient failures from its start."""
+    def _send(self, bundle: VerifiedBundle, blob: _Blob, repository: str, session: Optional[str] = None) -> None:
+        """Upload one blob (in ``session`` if the registry opened one), retrying transient failures from its start."""
         attempts = self.client.connection.attempts
         for attempt in range(attempts):
             try:
-                sent = self._upload_once(bundle, blob, repository)
+                sent = self._upload_once(bundle, blob, repository, session)
                 break
             except RegistryError as exc:
                 if not exc.transient or attempt == attempts - 1:
                     raise
                 self.say(f"  retrying {blob.member} after: {exc}")
+                session = None
                 time.sleep(min(2.0 ** attempt, 8.0))
         with self._lock:
             self.result.blobs_sent += 1
             self.result.bytes_sent += sent
 
-    def _upload_once(self, bundle: VerifiedBundle, blob: _Blob, repository: str) -> int:
+    def _upload_once(self, bundle: VerifiedBundle, blob: _Blob, repository: str, session: Optional[str]) -> int:
         member = bundle.header.member(blob.member)
         assert member is not None
         if blob.is_config:
             data = b"".join(bundle.blocks(blob.member))
             assert blob.digest is not None
-            self.client.put_blob(repository, data, blob.digest)
+            self.client.put_blob(repository, data, blob.digest, session)
             return len(data)
         encoding = self.settings.encoding
         # The frames are re-hashed as they are read (bundle.blocks); the content is hashed again only for a
@@ -341,7 +343,7 @@ class Pusher:
             return wire.digest
 
         try:
-            digest = self.client.upload_blob(repository, iter(wire), digest_of)
+            digest = self.client.upload_blob(repository, iter(wire), digest_of, session)
         except (ArchiveFormatError, VerificationError) as exc:
             raise InstallError(f"reading {blob.member} from the archive: {exc}") from None
         blob.digest, blob.size = digest, wire.size
@@ -379,7 +381,10 @@ class Pusher:
         for descriptor in [manifest.get("config", {})] + list(manifest.get("layers", [])):
             digest = descriptor.get("digest")
             if isinstance(digest, str) and not self.client.blob_exists(repository, digest):
-                if not self.client.mount_blob(repository, digest, source):
+                mounted, session = self.client.mount_blob(repository, digest, source)
+                if not mounted:
+                    if session:
+                        self.client.cancel_upload(session, repository)
                     raise InstallError(f"the registry would not link {digest[:19]} from {source} into {repository}; "
                                        "push the full archive to that name once")
 
