@@ -149,12 +149,14 @@ class LayerRecord:
             self.entries = {}
 
     def get(self, key: str) -> Optional[tuple[str, int]]:
+        """(digest, size) remembered for ``key``, if any."""
         item = self.entries.get(key)
         if isinstance(item, dict) and isinstance(item.get("digest"), str) and isinstance(item.get("size"), int):
             return item["digest"], item["size"]
         return None
 
     def put(self, key: str, digest: str, size: int) -> None:
+        """Remember ``key``'s encoded digest and size (written at once, atomically; a failure only costs speed)."""
         with self._lock:
             self.entries[key] = {"digest": digest, "size": size}
             try:
