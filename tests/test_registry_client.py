@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 from urllib.parse import parse_qs, urlparse
@@ -111,6 +112,7 @@ class FakeHarbor:
         self.tokens: dict[str, set[str]] = {}
         self.token_users: list[str] = []
         self.fail_next: list[int] = []
+        self.token_delay = 0.0
         self.requests: list[tuple[str, str]] = []
         harbor = self
 
@@ -150,6 +152,7 @@ class FakeHarbor:
         return {"WWW-Authenticate": f'Bearer realm="http://{self.host}/service/token",service="harbor-registry"{extra}'}
 
     def token(self, handler, query: dict) -> None:
+        time.sleep(self.token_delay)
         auth = handler.headers.get("Authorization", "")
         user, _, password = base64.b64decode(auth.split(" ", 1)[1]).decode().partition(":") if auth else ("", "", "")
         self.token_users.append(user)
@@ -278,3 +281,26 @@ def test_a_password_only_on_stdin_and_never_empty() -> None:
     with pytest.raises(InstallError, match="empty"):
         read_password(io.StringIO("\n"))
     assert RegistryAccess(username=ROBOT, password="p").credentials("h") == Credentials(ROBOT, "p")
+
+
+def test_uploads_side_by_side_share_one_answered_challenge(harbor) -> None:
+    """Eight requests refused at once for want of a token: one fetches it, the others use it (a race lost
+    here once failed a push with 'grants no access')."""
+    client = _client(harbor, Credentials(ROBOT, SECRET))
+    harbor.token_delay = 0.3  # every request is refused before the first token arrives
+    errors: list[Exception] = []
+    start = threading.Barrier(8)
+
+    def store(number: int) -> None:
+        start.wait()
+        try:
+            client.put_manifest("aihpc/postgres", f"t{number}", b"{}", "application/vnd.docker.distribution.manifest.v2+json")
+        except Exception as exc:  # collected and reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=store, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []

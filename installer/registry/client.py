@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,7 @@ class _Auth:
     def __init__(self, session: requests.Session, credentials: Optional[Credentials], timeout: float):
         self.session, self.credentials, self.timeout = session, credentials, timeout
         self.scheme: Optional[str] = None  # "basic" or "bearer" once challenged
+        self.lock = threading.Lock()
         self.bearer: dict[str, str] = {}
         self.tokens: dict[str, str] = {}
 
@@ -136,8 +138,18 @@ class _Auth:
         token = self.tokens.get(scope)
         return {"Authorization": f"Bearer {token}"} if token else {}
 
-    def answer(self, challenge: str, scope: str, host: str) -> bool:
-        """Prepare to answer ``challenge`` for ``scope``; False when there is nothing new to try."""
+    def answer(self, challenge: str, scope: str, host: str, sent: dict[str, str]) -> bool:
+        """Prepare to answer ``challenge`` for ``scope``; False when there is nothing new to try.
+
+        Uploads run side by side: ``sent`` is what the refused request carried, so a
+        token another thread fetched meanwhile is tried before giving up.
+        """
+        with self.lock:
+            if self.headers(scope) != sent:
+                return True
+            return self._answer(challenge, scope, host)
+
+    def _answer(self, challenge: str, scope: str, host: str) -> bool:
         kind = challenge.split(" ", 1)[0].lower()
         if kind == "basic":
             if self.scheme == "basic" or not self.credentials:
@@ -241,8 +253,9 @@ class RegistryClient:
         raise last
 
     def _send(self, method: str, url: str, scope: str, data, headers, stream: bool) -> requests.Response:
-        for _ in range(3):  # at most: no auth, then the challenge answered (basic, or a token)
-            merged = {**(headers or {}), **self.auth.headers(scope)}
+        for _ in range(4):  # at most: no auth, the challenge answered (basic, or a token), and one race lost
+            sent = self.auth.headers(scope)
+            merged = {**(headers or {}), **sent}
             try:
                 response = self.session.request(method, url, data=data, headers=merged, stream=stream,
                                                 timeout=(min(self.connection.timeout, 30.0), self.connection.timeout),
@@ -261,7 +274,9 @@ class RegistryClient:
             if response.status_code == 401 and challenge and not _replayable(data):
                 response.close()
                 raise RegistryError("the registry asked for credentials in the middle of an upload", transient=True)
-            if response.status_code == 401 and challenge and self.auth.answer(challenge, scope, self.host):
+            if response.status_code == 401 and challenge and (
+                    self.auth.headers(scope) != sent  # another upload answered the challenge meanwhile: use that
+                    or self.auth.answer(challenge, scope, self.host, sent)):
                 response.close()
                 continue
             return response
