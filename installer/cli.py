@@ -18,9 +18,9 @@ from .install import InstallError, InstallOptions, install, open_for_install, pr
 from .runners import prepare_host_paths
 from .childenv import child_environment
 from .site import ENV_FILE, active_release, parse_sets, read_env, read_release_header
-from .trust import SYSTEM_TRUST_DIR, trusted_keys
+from .trust import trusted_keys
 from .registry.access import RegistryAccess
-from .cli_common import friendly_errors, pubkey_option, say
+from .cli_common import friendly_errors, keys_to_trust, pubkey_option, say
 from .cli_registry import export_release_command, push_command
 from .registry.options import registry_access, registry_options
 
@@ -106,13 +106,12 @@ def _run_install(archive: Path, pubkeys, prefix, sets, timeout, allow_downgrade,
                  registry_flags: Optional[dict] = None) -> None:
     if allow_untrusted:
         say("WARNING: --insecure-skip-signature: the archive's origin will NOT be checked")
-    options = InstallOptions(archive=archive, keys=trusted_keys(pubkeys), prefix=prefix, sets=parse_sets(sets), timeout=timeout,
+    options = InstallOptions(archive=archive, keys=keys_to_trust(pubkeys, allow_untrusted), prefix=prefix,
+                             sets=parse_sets(sets), timeout=timeout,
                              allow_untrusted=allow_untrusted, compose_preference=compose_preference,
                              allow_downgrade=allow_downgrade, require_existing=require_existing,
                              replace_same_version=replace_same_version,
                              from_registry=_access(from_registry, registry_flags or {}))
-    if not options.keys and not allow_untrusted:
-        raise InstallError(f"no trusted public key: pass --pubkey FILE, or put the release key in {SYSTEM_TRUST_DIR}")
     result = install(options, say)
     what = (f"{len(result.loaded_images)} image(s) pulled from the site registry" if options.from_registry else
             f"{len(result.loaded_images)} image name(s) loaded, {result.loaded_layer_bytes / 1e6:.1f} MB of layers")
@@ -196,11 +195,9 @@ def preflight_command(archive: Path, pubkeys, prefix: Optional[Path], sets, comp
     checks the site registry holds every name of the release, each by the signed
     image's digest, and that the engine can pull from it.
     """
-    options = InstallOptions(archive=archive, keys=trusted_keys(pubkeys), prefix=prefix, sets=parse_sets(sets),
-                             compose_preference=compose_preference, allow_untrusted=allow_untrusted,
-                             from_registry=_access(from_registry, registry_flags))
-    if not options.keys and not allow_untrusted:
-        raise InstallError(f"no trusted public key: pass --pubkey FILE, or put the release key in {SYSTEM_TRUST_DIR}")
+    options = InstallOptions(archive=archive, keys=keys_to_trust(pubkeys, allow_untrusted), prefix=prefix,
+                             sets=parse_sets(sets), compose_preference=compose_preference,
+                             allow_untrusted=allow_untrusted, from_registry=_access(from_registry, registry_flags))
     with open_for_install(options, say) as bundle:
         say(f"preflight: {archive}")
         preflight(options, say, bundle)

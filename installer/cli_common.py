@@ -4,9 +4,10 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import engine as engine_ops
 from .archive import VerificationError
@@ -16,7 +17,7 @@ from .errors import InstallError
 from .lock import LockError
 from .signing import KeyFileError
 from .site import SiteError
-from .trust import SYSTEM_TRUST_DIR
+from .trust import SYSTEM_TRUST_DIR, trusted_keys
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     VerificationError, ArchiveFormatError, KeyFileError, SiteError, ComposeError, engine_ops.EngineError, LockError,
@@ -48,6 +49,14 @@ def friendly_errors(command: Callable) -> Callable:
             sys.exit(130)
 
     return wrapper
+
+
+def keys_to_trust(pubkeys: Sequence[Path], allow_untrusted: bool = False) -> list[Ed25519PublicKey]:
+    """The keys --pubkey names (or the system's trusted keys); none at all is refused unless the signature is waived."""
+    keys = trusted_keys(pubkeys)
+    if not keys and not allow_untrusted:
+        raise InstallError(f"no trusted public key: pass --pubkey FILE, or put the release key in {SYSTEM_TRUST_DIR}")
+    return keys
 
 
 def pubkey_option(command: Callable) -> Callable:

@@ -6,13 +6,11 @@ from typing import Optional
 
 import click
 
-from .cli_common import friendly_errors, pubkey_option, say
-from .errors import InstallError
+from .cli_common import friendly_errors, keys_to_trust, pubkey_option, say
 from .registry.blobs import DEFAULT_ENCODING, DEFAULT_GZIP_LEVEL, ENCODINGS
 from .registry.options import registry_access, registry_options
 from .registry.push import PushSettings, describe, push_archive
 from .release_only import export_release
-from .trust import SYSTEM_TRUST_DIR, trusted_keys
 
 
 @click.command("push")
@@ -44,9 +42,7 @@ def push_command(archive: Path, pubkeys, layer_compression: str, gzip_level: int
     run again sends only what is missing. Then install any host with
     'airgap-install install --from-registry'.
     """
-    keys = trusted_keys(pubkeys)
-    if not keys and not allow_untrusted:
-        raise InstallError(f"no trusted public key: pass --pubkey FILE, or put the release key in {SYSTEM_TRUST_DIR}")
+    keys = keys_to_trust(pubkeys, allow_untrusted)
     if allow_untrusted:
         say("WARNING: --insecure-skip-signature: the archive's origin will NOT be checked")
     access = registry_access(**registry_flags)
@@ -68,8 +64,5 @@ def export_release_command(archive: Path, pubkeys, output: Optional[Path]) -> No
     its builder; no key is needed here), with the release files; the images stay in the site
     registry ('airgap-install push').
     """
-    keys = trusted_keys(pubkeys)
-    if not keys:
-        raise InstallError(f"no trusted public key: pass --pubkey FILE, or put the release key in {SYSTEM_TRUST_DIR}")
-    written = export_release(archive, keys, output, say)
+    written = export_release(archive, keys_to_trust(pubkeys), output, say)
     click.echo(str(written))

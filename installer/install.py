@@ -96,10 +96,16 @@ class PhaseClock:
 
 def open_for_install(options: InstallOptions, say: Say) -> VerifiedBundle:
     """Hold the archive open and check its signature (a few kilobytes read): nothing reads the header before."""
+    return open_checking_signature(options.archive, options.keys, options.allow_untrusted, say)
+
+
+def open_checking_signature(archive: Path, keys: list[Ed25519PublicKey], allow_untrusted: bool, say: Say, *,
+                            unchanged: str = "nothing was changed") -> VerifiedBundle:
+    """open_signed, its refusal as an InstallError (``unchanged`` says what was spared), and the signer said."""
     try:
-        bundle = open_signed(options.archive, options.keys, allow_untrusted=options.allow_untrusted)
+        bundle = open_signed(archive, keys, allow_untrusted=allow_untrusted)
     except VerificationError as exc:
-        raise InstallError(f"verification failed; nothing was changed: {exc}", getattr(exc, "problems", [])) from None
+        raise InstallError(f"verification failed; {unchanged}: {exc}", getattr(exc, "problems", [])) from None
     for warning in bundle.warnings:
         say(f"WARNING: {warning}")
     header = bundle.header

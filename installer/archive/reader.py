@@ -176,11 +176,7 @@ class ArchiveHandle:
 
     def open_window(self, location: "MemberLocation") -> BinaryIO:
         """A reader of one member's frames (readers of different members run side by side)."""
-        if not self._fds:
-            raise ArchiveFormatError(f"{self.path}: the archive handle is closed")
-        files = [_HeldFile(fd) for fd in self._fds]
-        file = files[0] if len(files) == 1 else _Chained(files)
-        return _Window(file, location.offset, location.length)  # type: ignore[return-value]
+        return _Window(self.open(), location.offset, location.length)  # type: ignore[arg-type, return-value]
 
     def size(self) -> int:
         """Compressed bytes held, all parts together."""

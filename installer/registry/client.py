@@ -9,6 +9,7 @@ are produced (chunked), PUT with the digest to commit.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import ssl
@@ -417,8 +418,6 @@ class RegistryClient:
             response.close()
         if len(body) > MAX_MANIFEST:
             raise RegistryError(f"{repository}:{reference}: the manifest is larger than {MAX_MANIFEST} bytes")
-        import hashlib
-
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         return response.headers.get("Content-Type", "").split(";")[0].strip(), body, digest
 

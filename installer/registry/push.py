@@ -110,21 +110,19 @@ def image_targets(header: BundleHeader, registry: Registry) -> list[ImageTarget]
 
 def survey(client: RegistryClient, targets: list[ImageTarget], jobs: int) -> None:
     """Ask the registry which references already point at each image (by its config digest); fill in ``missing``."""
-    def look(reference: Reference) -> tuple[Reference, Optional[tuple[str, bytes, str]]]:
-        found = client.get_manifest(reference.repository, reference.tag)
-        return reference, found
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for target in targets:
-            target.missing, target.wrong = [], {}
-            for reference, found in pool.map(look, target.references):
-                named = config_digest(found[1]) if found is not None else None
-                if named == target.image.id:
-                    target.present = target.present or (reference.repository, found[1], found[0])
-                    continue
-                target.missing.append(reference)
-                if found is not None:
-                    target.wrong[str(reference)] = named or "no single image"
+    pairs = [(target, reference) for target in targets for reference in target.references]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # every name asked at once, not image by image
+        answers = list(pool.map(lambda pair: client.get_manifest(pair[1].repository, pair[1].tag), pairs))
+    for target in targets:
+        target.missing, target.wrong = [], {}
+    for (target, reference), found in zip(pairs, answers):
+        named = config_digest(found[1]) if found is not None else None
+        if named == target.image.id:
+            target.present = target.present or (reference.repository, found[1], found[0])
+            continue
+        target.missing.append(reference)
+        if found is not None:
+            target.wrong[str(reference)] = named or "no single image"
 
 
 def config_digest(manifest: bytes) -> Optional[str]:
@@ -421,18 +419,11 @@ def push_archive(archive: Path, keys: list, access: "RegistryAccess", settings: 
     checked before the first byte goes out, and blobs are read from the held,
     verified archive.
     """
-    from ..archive import open_signed
+    from ..install import open_checking_signature  # the install core imports this package
 
     started = time.monotonic()
-    try:
-        bundle = open_signed(archive, keys, allow_untrusted=allow_untrusted)
-    except VerificationError as exc:
-        raise InstallError(f"verification failed; nothing was sent: {exc}", getattr(exc, "problems", [])) from None
-    with bundle:
+    with open_checking_signature(archive, keys, allow_untrusted, say, unchanged="nothing was sent") as bundle:
         header = bundle.header
-        for warning in bundle.warnings:
-            say(f"WARNING: {warning}")
-        say(f"signature: {header.name} {header.version} signed by {bundle.signer or 'NOBODY (override in force)'}")
         client = access.connect(header)
         try:
             targets = image_targets(header, client.registry)
