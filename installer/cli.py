@@ -23,6 +23,8 @@ from .registry.access import RegistryAccess
 from .cli_common import friendly_errors, keys_to_trust, pubkey_option, say
 from .cli_registry import export_release_command, push_command
 from .registry.options import registry_access, registry_options
+from .cli_swarm import swarm_options, swarm_settings_from
+from .swarm.runner import SwarmRunner, SwarmSettings, logs_argv, read_settings
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="airgap-compose", prog_name="airgap-install")
@@ -80,6 +82,7 @@ def install_options(command: Callable) -> Callable:
         compose_option,
         from_registry_option,
         registry_options,
+        swarm_options,
     ]):
         command = decorator(command)
     return command
@@ -103,7 +106,7 @@ def _access(from_registry: bool, registry_flags: dict) -> Optional[RegistryAcces
 
 def _run_install(archive: Path, pubkeys, prefix, sets, timeout, allow_downgrade, replace_same_version, allow_untrusted,
                  compose_preference, require_existing: bool, from_registry: bool = False,
-                 registry_flags: Optional[dict] = None) -> None:
+                 registry_flags: Optional[dict] = None, swarm: Optional[SwarmSettings] = None) -> None:
     if allow_untrusted:
         say("WARNING: --insecure-skip-signature: the archive's origin will NOT be checked")
     options = InstallOptions(archive=archive, keys=keys_to_trust(pubkeys, allow_untrusted), prefix=prefix,
@@ -111,7 +114,7 @@ def _run_install(archive: Path, pubkeys, prefix, sets, timeout, allow_downgrade,
                              allow_untrusted=allow_untrusted, compose_preference=compose_preference,
                              allow_downgrade=allow_downgrade, require_existing=require_existing,
                              replace_same_version=replace_same_version,
-                             from_registry=_access(from_registry, registry_flags or {}))
+                             from_registry=_access(from_registry, registry_flags or {}), swarm=swarm)
     result = install(options, say)
     what = (f"{len(result.loaded_images)} image(s) pulled from the site registry" if options.from_registry else
             f"{len(result.loaded_images)} image name(s) loaded, {result.loaded_layer_bytes / 1e6:.1f} MB of layers")
@@ -126,7 +129,8 @@ def _run_install(archive: Path, pubkeys, prefix, sets, timeout, allow_downgrade,
 @friendly_errors
 def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeout: float, allow_downgrade: bool,
                     replace_same_version: bool, allow_untrusted: bool, compose_preference: Optional[str],
-                    from_registry: bool, **registry_flags) -> None:
+                    from_registry: bool, swarm: bool, swarm_endpoint_mode: str, swarm_every_node: tuple[str, ...],
+                    **registry_flags) -> None:
     """Check the host, verify the archive, load what is missing, write the site config, start, wait until healthy.
 
     \b
@@ -143,7 +147,8 @@ def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeou
     an older one is refused without --allow-downgrade (versions compared by SemVer precedence).
     """
     _run_install(archive, pubkeys, prefix, sets, timeout, allow_downgrade, replace_same_version, allow_untrusted,
-                 compose_preference, False, from_registry, registry_flags)
+                 compose_preference, False, from_registry, registry_flags,
+                 swarm_settings_from(swarm, swarm_endpoint_mode, swarm_every_node))
 
 
 @main.command("upgrade")
@@ -151,7 +156,8 @@ def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeou
 @friendly_errors
 def upgrade_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeout: float, allow_downgrade: bool,
                     replace_same_version: bool, allow_untrusted: bool, compose_preference: Optional[str],
-                    from_registry: bool, **registry_flags) -> None:
+                    from_registry: bool, swarm: bool, swarm_endpoint_mode: str, swarm_every_node: tuple[str, ...],
+                    **registry_flags) -> None:
     """Move an installed site to a newer release (a full or a delta archive); roll back if it fails.
 
     Same steps as 'install', on a host that has a release: only missing layers are loaded, the
@@ -160,7 +166,8 @@ def upgrade_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeou
     the command says so (exit 3). Data volumes are kept throughout.
     """
     _run_install(archive, pubkeys, prefix, sets, timeout, allow_downgrade, replace_same_version, allow_untrusted,
-                 compose_preference, True, from_registry, registry_flags)
+                 compose_preference, True, from_registry, registry_flags,
+                 swarm_settings_from(swarm, swarm_endpoint_mode, swarm_every_node))
 
 
 @main.command("rollback")
@@ -185,9 +192,11 @@ def rollback_command(prefix: Optional[Path], timeout: float, compose_preference:
               help="Read an unsigned or unknown-signer archive's header anyway (its checks then prove nothing).")
 @from_registry_option
 @registry_options
+@swarm_options
 @friendly_errors
 def preflight_command(archive: Path, pubkeys, prefix: Optional[Path], sets, compose_preference, allow_untrusted,
-                      from_registry: bool, **registry_flags) -> None:
+                      from_registry: bool, swarm: bool, swarm_endpoint_mode: str, swarm_every_node: tuple[str, ...],
+                      **registry_flags) -> None:
     """Run the install's host checks alone; list every failed check and what to do. Changes nothing.
 
     The archive's signature is checked first (a few kilobytes read): the checks
@@ -197,7 +206,8 @@ def preflight_command(archive: Path, pubkeys, prefix: Optional[Path], sets, comp
     """
     options = InstallOptions(archive=archive, keys=keys_to_trust(pubkeys, allow_untrusted), prefix=prefix,
                              sets=parse_sets(sets), compose_preference=compose_preference,
-                             allow_untrusted=allow_untrusted, from_registry=_access(from_registry, registry_flags))
+                             allow_untrusted=allow_untrusted, from_registry=_access(from_registry, registry_flags),
+                             swarm=swarm_settings_from(swarm, swarm_endpoint_mode, swarm_every_node))
     with open_for_install(options, say) as bundle:
         say(f"preflight: {archive}")
         preflight(options, say, bundle)
@@ -228,8 +238,16 @@ def _installed(prefix: Optional[Path], compose_preference: Optional[str] = None)
     if release is None:
         raise InstallError(f"nothing is installed in {prefix} (no {prefix}/current); run 'airgap-install install' first")
     header = read_release_header(release)
+    if read_settings(prefix) is not None:  # a Swarm site: no compose project
+        return prefix, header, None
     project = ComposeProject(find_compose(compose_preference), header.spec.project, release, prefix / ENV_FILE)
     return prefix, header, project
+
+
+def _swarm_runner(prefix: Path) -> SwarmRunner:
+    settings = read_settings(prefix)
+    assert settings is not None
+    return SwarmRunner(engine_ops.connect(), prefix / ENV_FILE, settings)
 
 
 def _default_prefix() -> Path:
@@ -251,17 +269,24 @@ def _default_prefix() -> Path:
 def status_command(prefix: Optional[Path], as_json: bool, compose_preference) -> None:
     """Show the active release and each service's state and health. Exit 1 if any service is not ready."""
     prefix, header, project = _installed(prefix, compose_preference)
-    client = engine_ops.connect()
-    states = service_states(client, project.name, header.spec.services, header.spec.oneshot)
+    if project is None:
+        states, kind = _swarm_runner(prefix).states(header), "Swarm stack"
+    else:
+        client = engine_ops.connect()
+        states, kind = service_states(client, project.name, header.spec.services, header.spec.oneshot), "project"
     healthy = all(s.ready for s in states)
+    name = header.spec.project
     if as_json:
         click.echo(json.dumps({"bundle": header.name, "version": header.version, "prefix": str(prefix),
-                               "project": project.name, "healthy": healthy, "services": [s.to_dict() for s in states]}, indent=2))
+                               "project": name, "runner": "swarm" if project is None else "compose",
+                               "healthy": healthy, "services": [s.to_dict() for s in states]}, indent=2))
     else:
-        click.echo(f"{header.name} {header.version} in {prefix} (project {project.name}): {'healthy' if healthy else 'NOT healthy'}")
+        click.echo(f"{header.name} {header.version} in {prefix} ({kind} {name}): {'healthy' if healthy else 'NOT healthy'}")
         width = max(len(s.service) for s in states) if states else 10
         for s in states:
-            click.echo(f"  {s.service:<{width}}  {'ok ' if s.ready else 'BAD'}  {s.summary():<14}  {s.ports}")
+            where = f"  on {s.container}" if project is None and s.container else ""
+            click.echo(f"  {s.service:<{width}}  {'ok ' if s.ready else 'BAD'}  {_shown(s, project is None):<14}  "
+                       f"{s.ports}{where}")
     sys.exit(0 if healthy else 1)
 
 
@@ -278,8 +303,11 @@ def logs_command(service: str, prefix: Optional[Path], follow: bool, tail: Optio
     services = header.spec.services
     if service not in services:
         raise InstallError(f"no service {service!r} in {header.name} {header.version} (services: {', '.join(services)})")
-    result = subprocess.run(project.logs_argv(service, tail, follow), cwd=project.directory, stdin=subprocess.DEVNULL,
-                            env=child_environment())
+    if project is None:  # every node's tasks, through the manager
+        argv, cwd = logs_argv(header.spec.project, service, tail, follow), None
+    else:
+        argv, cwd = project.logs_argv(service, tail, follow), project.directory
+    result = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL, env=child_environment())
     sys.exit(result.returncode)
 
 
@@ -292,8 +320,15 @@ def down_command(prefix: Optional[Path], remove_data_volumes: bool, compose_pref
     """Stop and remove the stack's containers. Data volumes are kept unless asked."""
     prefix, header, project = _installed(prefix, compose_preference)
     with prefix_lock(prefix):
-        project.down(remove_volumes=remove_data_volumes, timeout=600)
-    say(f"{project.name} is down" + ("; data volumes DELETED" if remove_data_volumes else "; data volumes kept"))
+        if project is None:
+            _swarm_runner(prefix).down(header)
+            if remove_data_volumes:
+                removed = remove_volumes(engine_ops.connect(), stack_volumes(prefix, header.spec.project))
+                say(f"deleted {len(removed)} volume(s) on this node: {', '.join(removed) or 'none'} (volumes on "
+                    "other nodes, of services run on every node, are theirs to remove)")
+        else:
+            project.down(remove_volumes=remove_data_volumes, timeout=600)
+    say(f"{header.spec.project} is down" + ("; data volumes DELETED" if remove_data_volumes else "; data volumes kept"))
 
 
 @main.command("restart")
@@ -312,6 +347,15 @@ def restart_command(services: tuple[str, ...], prefix: Optional[Path], timeout: 
     unknown = [s for s in services if s not in known]
     if unknown:
         raise InstallError(f"no service {unknown[0]!r} in {header.name} {header.version} (services: {', '.join(known)})")
+    if project is None:
+        runner = _swarm_runner(prefix)
+        with prefix_lock(prefix):
+            if any(s.container is None and s.state == "missing" for s in runner.states(header)):
+                runner.bring_up(active_release(prefix) or prefix, header, timeout, say)  # after 'down'
+            else:
+                runner.restart(header, services, timeout, say)
+        say(f"{header.spec.project} restarted and healthy")
+        return
     client = engine_ops.connect()
     missing = [t for image in header.images for t in image.targets if engine_ops.image_id_of(client, t) is None]
     if missing:
@@ -329,6 +373,40 @@ def restart_command(services: tuple[str, ...], prefix: Optional[Path], timeout: 
     if not ok:
         raise InstallError("not healthy after restart", [f"{s.service}: {s.summary()} {s.last_health_output}" for s in states if not s.ready], 3)
     say(f"{project.name} restarted and healthy")
+
+
+def _shown(state, swarm: bool) -> str:
+    if not swarm or state.oneshot:
+        return state.summary()
+    return state.health if state.ready and state.health else state.state
+
+
+def stack_volumes(prefix: Path, stack: str) -> list[str]:
+    """The engine names of the named volumes the active release declares, as a Swarm stack names them."""
+    import yaml
+
+    release = active_release(prefix)
+    try:
+        compose = yaml.safe_load((release / "docker-compose.yml").read_text()) if release else {}
+    except (OSError, yaml.YAMLError):
+        return []
+    volumes = (compose or {}).get("volumes") or {}
+    return [str((spec or {}).get("name") or f"{stack}_{name}") for name, spec in volumes.items()
+            if not (spec or {}).get("external")]
+
+
+def remove_volumes(client, names: list[str]) -> list[str]:
+    """Remove the named volumes this engine has; the names removed."""
+    import docker
+
+    removed = []
+    for name in names:
+        try:
+            client.volumes.get(name).remove()
+            removed.append(name)
+        except docker.errors.NotFound:
+            continue
+    return removed
 
 
 main.add_command(push_command)

@@ -43,6 +43,8 @@ from .registry.access import RegistryAccess
 from .registry.pull import RegistryImages
 from .errors import InstallError, Say
 from .runners import ComposeRunner, StackRunner
+from .swarm.checks import swarm_checks
+from .swarm.runner import SwarmRunner, SwarmSettings, read_settings, registry_auth, registry_pins, write_settings
 from .versions import compare
 
 
@@ -62,6 +64,7 @@ class InstallOptions:
     require_existing: bool = False
     replace_same_version: bool = False
     from_registry: Optional[RegistryAccess] = None
+    swarm: Optional[SwarmSettings] = None  # --swarm: the stack as a Swarm stack (images from the site registry)
 
 
 @dataclass
@@ -126,7 +129,11 @@ def preflight(options: InstallOptions, say: Say, bundle: VerifiedBundle,
         client: Optional[docker.DockerClient] = engine_ops.connect()
     except engine_ops.EngineError:
         client = None
-    report = run_preflight(header, client, prefix, values, compose_preference=options.compose_preference)
+    swarm = swarm_settings(options, prefix)
+    report = run_preflight(header, client, prefix, values, compose_preference=options.compose_preference,
+                           compose_needed=swarm is None)
+    if swarm is not None:
+        report.checks.extend(swarm_checks(header, client, swarm))
     if options.from_registry is not None and client is not None:
         report.registry = RegistryImages(client, options.from_registry.connect(header))
         found = report.registry.survey(header)
@@ -163,7 +170,8 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
             clock.lap("lock")
             say(f"preflight: {options.archive}")
             prefix, report, _ = preflight(options, say, bundle, prefix)
-            assert report.load_plan is not None and report.compose is not None
+            swarm = swarm_settings(options, prefix)
+            assert report.load_plan is not None and (report.compose is not None or swarm is not None)
             clock.lap("preflight")
             verify_members(bundle, say, release_only=report.registry is not None)
             check_version_order(prefix, header, options)
@@ -175,9 +183,18 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
             clock.lap("load")
             release, env = write_site(prefix, options, bundle, say)
             fallback = last_healthy(prefix)
+            runner: StackRunner
+            if swarm is not None:
+                swarm_runner = SwarmRunner(client, prefix / ENV_FILE, swarm, pinned_images=registry_pins(report.registry),
+                                           registry_auth=registry_auth(report.registry))
+                swarm_runner.plan(release, header)  # a stack Swarm cannot run is refused before it is activated
+                write_settings(prefix, swarm)
+                runner = swarm_runner
+            else:
+                assert report.compose is not None
+                runner = ComposeRunner(client, report.compose, prefix / ENV_FILE)
             activate(prefix, release)
             clock.lap("site")
-            runner: StackRunner = ComposeRunner(client, report.compose, prefix / ENV_FILE)
             states = up_or_roll_back(runner, prefix, release, header, fallback, options.timeout, say)
             clock.lap("up")
             return InstallResult(prefix=prefix, release=release, loaded_images=delivered.loaded,
@@ -185,6 +202,24 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
                                  generated_secrets=env.generated, states=states,
                                  endpoints=resolve_endpoints(header, env.values), seconds=time.monotonic() - started,
                                  timings=clock.timings)
+
+
+def swarm_settings(options: InstallOptions, prefix: Path) -> Optional[SwarmSettings]:
+    """The Swarm settings in force: --swarm's, else the site's own (an upgrade of a Swarm site stays one)."""
+    kept = read_settings(prefix)
+    if options.swarm is None:
+        if kept is not None and options.from_registry is None:
+            raise InstallError(f"{prefix} runs its stack on a Swarm, whose nodes take the images from the site "
+                               "registry: push the release ('airgap-install push ARCHIVE') and pass --from-registry")
+        return kept
+    if kept is None and active_release(prefix) is not None:
+        raise InstallError(f"{prefix} runs its stack with compose on this host; stop it first with 'airgap-install "
+                           "down' (its named volumes are kept, and the Swarm stack on this node uses them), then "
+                           "install with --swarm")
+    if options.from_registry is None:
+        raise InstallError("--swarm takes the images from the site registry on every node: push the release "
+                           "('airgap-install push ARCHIVE') and add --from-registry")
+    return options.swarm
 
 
 def verify_members(bundle: VerifiedBundle, say: Say, *, release_only: bool = False) -> None:
@@ -316,12 +351,20 @@ def rollback(prefix: Path, compose_preference: Optional[str], timeout: float, sa
             raise InstallError(f"no earlier release to roll back to in {prefix} (history: {current.name} only)")
         header = read_release_header(target)
         client = engine_ops.connect()
-        missing = [t for image in header.images for t in image.targets if engine_ops.image_id_of(client, t) is None]
-        if missing:
-            raise InstallError(f"{target.name}'s images are no longer on this host; install its archive instead", missing)
+        swarm = read_settings(prefix)
+        runner: StackRunner
+        if swarm is not None:  # the nodes pull the release's pinned images from the site registry
+            runner = SwarmRunner(client, prefix / ENV_FILE, swarm)
+        else:
+            missing = [t for image in header.images for t in image.targets
+                       if engine_ops.image_id_of(client, t) is None]
+            if missing:
+                raise InstallError(f"{target.name}'s images are no longer on this host; install its archive instead",
+                                   missing)
+            runner = ComposeRunner(client, find_compose(compose_preference), prefix / ENV_FILE)
         say(f"rollback: {current.name} -> {target.name}")
         step_back(prefix, target)
-        ComposeRunner(client, find_compose(compose_preference), prefix / ENV_FILE).bring_up(target, header, timeout, say)
+        runner.bring_up(target, header, timeout, say)
         mark_healthy(prefix, target)
         return target
 

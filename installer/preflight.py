@@ -19,6 +19,8 @@ from .archive import BundleHeader
 from .compose import ComposeCli, ComposeError, find_compose
 from .engine import EngineError, EngineFacts, EngineInventory, docker_host, engine_facts, inventory
 from .health import PROJECT_LABEL
+
+STACK_LABEL = "com.docker.stack.namespace"  # a Swarm stack's containers (the stack is named like the project)
 from .hostpaths import HostPathError, check_mount, host_mounts
 from .loader import LoadPlan, plan_load
 from .site import fill_template
@@ -69,8 +71,9 @@ def run_preflight(
     site_values: dict[str, str],
     *,
     compose_preference: Optional[str] = None,
+    compose_needed: bool = True,
 ) -> PreflightReport:
-    """Run every check for installing ``header`` under ``prefix``."""
+    """Run every check for installing ``header`` under ``prefix`` (a Swarm stack needs no compose CLI)."""
     report = PreflightReport(checks=[])
     checks = report.checks
     if client is None:
@@ -96,7 +99,8 @@ def run_preflight(
         report.compose = find_compose(compose_preference)
         checks.append(Check("compose", True, report.compose.describe()))
     except ComposeError as exc:
-        checks.append(Check("compose", False, str(exc), "install the docker compose plugin (v2) or docker-compose (v1)"))
+        if compose_needed:
+            checks.append(Check("compose", False, str(exc), "install the docker compose plugin (v2) or docker-compose (v1)"))
     if report.inventory is not None and facts is not None:
         report.load_plan = plan_load(header, report.inventory, send_every_layer=facts.needs_every_blob)
         checks.append(_disk_check("engine disk", Path(facts.data_root), 2 * report.load_plan.layer_bytes))
@@ -186,7 +190,7 @@ def port_holders(client, project: str) -> tuple[set[int], dict[int, str]]:
         for container in client.api.containers(all=True):
             labels = container.get("Labels") or {}
             name = "/".join(container.get("Names") or ["?"]).lstrip("/")
-            if labels.get(PROJECT_LABEL) == project:
+            if labels.get(PROJECT_LABEL) == project or labels.get(STACK_LABEL) == project:
                 ours.update(_configured_ports(client, container["Id"]))
                 continue
             for port in container.get("Ports") or []:

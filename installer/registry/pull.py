@@ -32,6 +32,7 @@ class RegistryCheck:
     """What preflight found: the pull reference of each image, and what is wrong."""
 
     pulls: dict[str, str] = field(default_factory=dict)  # image ID -> host/repository@digest
+    pinned: dict[str, str] = field(default_factory=dict)  # host/repository:tag -> host/repository@digest
     problems: list[str] = field(default_factory=list)
     names: int = 0
 
@@ -56,6 +57,9 @@ def check_registry(registry: RegistryClient, header: BundleHeader, jobs: int = 8
             else:
                 found.problems.append(f"{reference} names image {other[7:19]}, the signed release says "
                                       f"{target.image.id[7:19]} (another build was pushed under this tag)")
+        for reference in target.references:
+            if str(reference) in target.digests:
+                found.pinned[str(reference)] = reference.with_digest(target.digests[str(reference)])
         if target.present is not None:
             repository, body, _ = target.present
             found.pulls[target.image.id] = f"{registry.host}/{repository}@sha256:{hashlib.sha256(body).hexdigest()}"

@@ -76,6 +76,7 @@ class ImageTarget:
     missing: list[Reference] = field(default_factory=list)
     wrong: dict[str, str] = field(default_factory=dict)  # reference -> the config digest it names instead
     present: Optional[tuple[str, bytes, str]] = None  # repository, manifest bytes, media type
+    digests: dict[str, str] = field(default_factory=dict)  # reference -> manifest digest, where it names the image
 
 
 def release_registry(header: BundleHeader) -> Optional[Registry]:
@@ -119,6 +120,7 @@ def survey(client: RegistryClient, targets: list[ImageTarget], jobs: int) -> Non
         named = config_digest(found[1]) if found is not None else None
         if named == target.image.id:
             target.present = target.present or (reference.repository, found[1], found[0])
+            target.digests[str(reference)] = found[2]
             continue
         target.missing.append(reference)
         if found is not None:
