@@ -284,9 +284,9 @@ def status_command(prefix: Optional[Path], as_json: bool, compose_preference) ->
         click.echo(f"{header.name} {header.version} in {prefix} ({kind} {name}): {'healthy' if healthy else 'NOT healthy'}")
         width = max(len(s.service) for s in states) if states else 10
         for s in states:
-            where = f"  on {s.container}" if project is None and s.container else ""
+            where = f"on {s.container}" if project is None and s.container else ""
             click.echo(f"  {s.service:<{width}}  {'ok ' if s.ready else 'BAD'}  {_shown(s, project is None):<14}  "
-                       f"{s.ports}{where}")
+                       + (f"{where:<18}  " if project is None else "") + s.ports)
     sys.exit(0 if healthy else 1)
 
 

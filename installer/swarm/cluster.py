@@ -120,9 +120,9 @@ def _state(name: str, service: Optional[dict], tasks_by_service: dict[str, list[
     update = (service.get("UpdateStatus") or {}).get("State")
     has_health = bool(spec["TaskTemplate"]["ContainerSpec"].get("Healthcheck", {}).get("Test")) and \
         spec["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["Test"] != ["NONE"]
-    ports = ", ".join(f"{hostnames.get(t.get('NodeID', ''), '?')}:{p.get('PublishedPort')}->{p.get('TargetPort')}"
-                      for t in current if t["DesiredState"] == "running"
-                      for p in (t.get("Status", {}).get("PortStatus", {}).get("Ports") or []))
+    ports = ", ".join(sorted({f"{hostnames.get(t.get('NodeID', ''), '?')}:{p.get('PublishedPort')}->{p.get('TargetPort')}"
+                              for t in current if t["DesiredState"] == "running"
+                              for p in (t.get("Status", {}).get("PortStatus", {}).get("Ports") or [])}))
     failed = [t for t in current if t["Status"]["State"] in ("failed", "rejected")
               and (since is None or _time(t.get("CreatedAt")) >= since)]
     last_error = _task_error(failed[-1]) if failed else ""

@@ -45,7 +45,7 @@ PROBE_AGENT = "airgap-harness-probe"
 
 # One line of the registry's access log (gorilla/handlers' Apache combined format), e.g.
 #   127.0.0.1 - - [01/Dec/2026:17:45:12 +0000] "GET /v2/ HTTP/1.1" 401 87 "" "docker/20.10.24 ..."
-_ACCESS_LINE = re.compile(r'^\S+ \S+ \S+ \[[^\]]*\] '
+_ACCESS_LINE = re.compile(r'^(?P<client>\S+) \S+ \S+ \[[^\]]*\] '
                           r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[0-9.]+" (?P<status>\d{3}) '
                           r'(?:\d+|-)(?: "(?:[^"\\]|\\.)*" "(?P<agent>(?:[^"\\]|\\.)*)")?')
 
@@ -56,6 +56,7 @@ class Request(NamedTuple):
     method: str
     path: str
     status: int
+    client: str = ""  # the address the request came from (in the Swarm rig: 10.77.0.2 is node2)
 
 
 class SiteRegistry:
@@ -198,7 +199,7 @@ class SiteRegistry:
             match = _ACCESS_LINE.match(line)
             if match and match["agent"] != PROBE_AGENT:
                 found.append(Request(match["method"], urlsplit(match["target"]).path,
-                                     int(match["status"])))
+                                     int(match["status"]), match["client"]))
         return found
 
     # -- host configuration ------------------------------------------------
