@@ -83,7 +83,7 @@ def pulled_by(requests, client: str, configs: set[str]) -> set[str]:
             and r.path.rsplit("/", 1)[1] not in configs}
 
 
-def _clean(rig, clients: dict[str, docker.DockerClient]) -> None:
+def clean_nodes(rig, clients: dict[str, docker.DockerClient]) -> None:
     """No stack, no images of the release, no volumes of it and no data label on either node."""
     manager = clients["node1"]
     on_node1(rig, DOCKER_CLI, "stack", "rm", STACK, check=False)
@@ -132,9 +132,9 @@ def releases(harness, swarm_rig, clients, tmp_path_factory) -> dict:
     swarm_rig.site_registry.wipe()
     for version in ("v0.3.5", "v0.3.6", "v0.3.7"):
         airgap_install(swarm_rig, "push", str(built[version]), "--pubkey", str(built["pubkey"]))
-    _clean(swarm_rig, clients)
+    clean_nodes(swarm_rig, clients)
     yield built
-    _clean(swarm_rig, clients)
+    clean_nodes(swarm_rig, clients)
 
 
 def test_preflight_checks_the_swarm_and_says_there_is_no_ipvs(swarm_rig, releases, tmp_path) -> None:
