@@ -151,3 +151,15 @@ def test_ipvs_is_found_where_the_kernel_has_it(tmp_path) -> None:
     (modules / "6.1.0-test").mkdir(parents=True)
     (modules / "6.1.0-test/modules.dep").write_text("kernel/net/netfilter/ipvs/ip_vs.ko: kernel/lib/libcrc32c.ko\n")
     assert kernel_has_ipvs(proc, sys_, modules)
+
+
+def test_swarm_flags_without_swarm_are_refused_and_auto_picks_by_the_kernel() -> None:
+    from installer.cli_swarm import swarm_settings_from
+    from installer.errors import InstallError
+
+    with pytest.raises(InstallError, match="--swarm-every-node only apply with --swarm"):
+        swarm_settings_from(False, "auto", ("nginx",))
+    assert swarm_settings_from(False, "auto", ()) is None
+    settings = swarm_settings_from(True, "auto", ("nginx,frontend",))
+    assert settings.every_node == ["nginx", "frontend"]
+    assert settings.endpoint_mode == ("vip" if kernel_has_ipvs() else "dnsrr")
