@@ -406,6 +406,8 @@ def remove_volumes(client, names: list[str]) -> list[str]:
             removed.append(name)
         except docker.errors.NotFound:
             continue
+        except docker.errors.APIError as exc:
+            raise InstallError(f"cannot delete volume {name}: {exc.explanation or exc}") from None
     return removed
 
 

@@ -129,7 +129,7 @@ def preflight(options: InstallOptions, say: Say, bundle: VerifiedBundle,
         client: Optional[docker.DockerClient] = engine_ops.connect()
     except engine_ops.EngineError:
         client = None
-    swarm = swarm_settings(options, prefix)
+    swarm = swarm_settings(options, prefix, header, client)
     report = run_preflight(header, client, prefix, values, compose_preference=options.compose_preference,
                            compose_needed=swarm is None)
     if swarm is not None:
@@ -170,12 +170,12 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
             clock.lap("lock")
             say(f"preflight: {options.archive}")
             prefix, report, _ = preflight(options, say, bundle, prefix)
-            swarm = swarm_settings(options, prefix)
+            client = engine_ops.connect()
+            swarm = swarm_settings(options, prefix, header, client)
             assert report.load_plan is not None and (report.compose is not None or swarm is not None)
             clock.lap("preflight")
             verify_members(bundle, say, release_only=report.registry is not None)
             check_version_order(prefix, header, options)
-            client = engine_ops.connect()
             destination: ImageDestination = report.registry or LocalEngine(client, report.load_plan)
             destination.check(header)
             clock.lap("verify")
@@ -204,7 +204,8 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
                                  timings=clock.timings)
 
 
-def swarm_settings(options: InstallOptions, prefix: Path) -> Optional[SwarmSettings]:
+def swarm_settings(options: InstallOptions, prefix: Path, header: BundleHeader,
+                   client: Optional[docker.DockerClient]) -> Optional[SwarmSettings]:
     """The Swarm settings in force: --swarm's, else the site's own (an upgrade of a Swarm site stays one)."""
     kept = read_settings(prefix)
     if options.swarm is None:
@@ -212,7 +213,9 @@ def swarm_settings(options: InstallOptions, prefix: Path) -> Optional[SwarmSetti
             raise InstallError(f"{prefix} runs its stack on a Swarm, whose nodes take the images from the site "
                                "registry: push the release ('airgap-install push ARCHIVE') and pass --from-registry")
         return kept
-    if kept is None and active_release(prefix) is not None:
+    running = client is not None and bool(client.api.containers(
+        filters={"label": f"com.docker.compose.project={header.spec.project}"}))
+    if kept is None and active_release(prefix) is not None and running:
         raise InstallError(f"{prefix} runs its stack with compose on this host; stop it first with 'airgap-install "
                            "down' (its named volumes are kept, and the Swarm stack on this node uses them), then "
                            "install with --swarm")
@@ -355,6 +358,7 @@ def rollback(prefix: Path, compose_preference: Optional[str], timeout: float, sa
         runner: StackRunner
         if swarm is not None:  # the nodes pull the release's pinned images from the site registry
             runner = SwarmRunner(client, prefix / ENV_FILE, swarm)
+            runner.plan(target, header)  # refused (pins unknown, config unconvertible) before anything switches
         else:
             missing = [t for image in header.images for t in image.targets
                        if engine_ops.image_id_of(client, t) is None]

@@ -163,3 +163,78 @@ def test_swarm_flags_without_swarm_are_refused_and_auto_picks_by_the_kernel() ->
     settings = swarm_settings_from(True, "auto", ("nginx,frontend",))
     assert settings.every_node == ["nginx", "frontend"]
     assert settings.endpoint_mode == ("vip" if kernel_has_ipvs() else "dnsrr")
+
+
+def small(services: dict, **extra) -> dict:
+    return {"services": services, **extra}
+
+
+def convert_small(compose: dict, oneshot: set[str] = frozenset(), deploy_id: str = "", release: Path = RELEASE):
+    images = {spec["image"]: spec["image"].split(":")[0] + "@sha256:" + "0" * 64
+              for spec in compose["services"].values()}
+    return convert(compose, release=release, values={}, images=images, oneshot=set(oneshot), layout=LAYOUT,
+                   deploy_id=deploy_id)
+
+
+def test_restart_policies_follow_compose_and_a_missing_one_heals() -> None:
+    plan = convert_small(small({
+        "a": {"image": "x/a:1", "restart": "on-failure:5"},
+        "b": {"image": "x/b:1"},
+        "c": {"image": "x/c:1", "restart": "unless-stopped"},
+    }))
+    policies = {name: spec["deploy"]["restart_policy"] for name, spec in plan.document["services"].items()}
+    assert policies == {"a": {"condition": "on-failure", "max_attempts": 5}, "b": {"condition": "any"},
+                        "c": {"condition": "any"}}
+
+
+def test_a_container_name_stays_resolvable_as_a_network_alias(derived) -> None:
+    services = plan_of(derived).document["services"]
+    assert services["postgres"]["networks"] == {"ai-infra-network": {"aliases": ["ai-infra-postgres"]}}
+    assert services["singleuser-builder"]["networks"] == ["ai-infra-network"]  # no container_name: as it was
+    plan = convert_small(small({"a": {"image": "x/a:1", "container_name": "legacy-a"}}))
+    assert plan.document["services"]["a"]["networks"] == {"default": {"aliases": ["legacy-a"]}}
+
+
+def test_one_shots_carry_the_deploy_id_so_each_deploy_runs_them_again(derived) -> None:
+    compose, oneshot = derived
+    first = convert(compose, release=RELEASE, values={}, images=pins(compose), oneshot=set(oneshot), layout=LAYOUT,
+                    deploy_id="d1").document["services"]
+    second = convert(compose, release=RELEASE, values={}, images=pins(compose), oneshot=set(oneshot), layout=LAYOUT,
+                     deploy_id="d2").document["services"]
+    assert first["backend-init"]["labels"]["airgap.deploy"] == "d1" != second["backend-init"]["labels"]["airgap.deploy"]
+    assert first["postgres"] == second["postgres"]  # long-running services: the same spec, no restart
+
+
+def test_profiled_services_are_left_out_as_compose_leaves_them() -> None:
+    plan = convert_small(small({"a": {"image": "x/a:1"}, "debug": {"image": "x/d:1", "profiles": ["debug"]}}))
+    assert list(plan.document["services"]) == ["a"] and any("debug left out" in note for note in plan.notes)
+
+
+def test_files_outside_the_release_folder_are_refused() -> None:
+    with pytest.raises(StackFileError, match="outside the release folder"):
+        convert_small(small({"a": {"image": "x/a:1", "env_file": ["../../etc/shadow"]}}))
+    plan = convert_small(small({"a": {"image": "x/a:1", "env_file": [{"path": ".env.prod", "required": True}]}}))
+    assert plan.document["services"]["a"]["env_file"] == [f"{RELEASE}/.env.prod"]
+
+
+def test_a_secret_file_is_named_by_its_content(tmp_path) -> None:
+    (tmp_path / "ca.pem").write_text("one")
+    compose = small({"a": {"image": "x/a:1", "secrets": ["ca"]}}, secrets={"ca": {"file": "./ca.pem"}})
+    first = convert_small(compose, release=tmp_path).document["secrets"]["ca"]["name"]
+    (tmp_path / "ca.pem").write_text("two")
+    second = convert_small(compose, release=tmp_path).document["secrets"]["ca"]["name"]
+    assert first.startswith("ca-") and first != second  # Swarm cannot change a secret: a new one each content
+
+
+def test_schema_strings_and_what_swarm_cannot_do_are_said() -> None:
+    plan = convert_small(small({"a": {
+        "image": "x/a:1", "mem_reservation": 1073741824, "ports": ["127.0.0.1:8080:80"],
+        "deploy": {"resources": {"limits": {"cpus": 0.5}, "reservations": {"devices": [{"capabilities": ["gpu"]}]}}},
+        "healthcheck": {"test": ["CMD", "true"], "start_interval": "1s"},
+    }}))
+    service = plan.document["services"]["a"]
+    assert service["deploy"]["resources"] == {"limits": {"cpus": "0.5"}, "reservations": {"memory": "1073741824"}}
+    assert "start_interval" not in service["healthcheck"]
+    assert any("cannot bind a port to one address" in note for note in plan.notes)
+    with pytest.raises(StackFileError, match="no container port"):
+        parse_port({"published": 8080}, "host")

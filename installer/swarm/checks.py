@@ -1,6 +1,7 @@
 """Preflight for a Swarm install: a manager here, nodes that take tasks, the docker CLI, IPVS, the data node."""
 from __future__ import annotations
 
+import re
 import subprocess
 from typing import Optional
 
@@ -12,6 +13,8 @@ from ..errors import InstallError
 from ..preflight import Check
 from .cluster import SwarmError, data_node, kernel_has_ipvs, manager_node_id, nodes
 from .runner import SwarmSettings, data_label, docker_cli
+
+MIN_CLI = (19, 3)  # compose file format 3.8 in 'docker stack deploy'
 
 
 def resolve_endpoint_mode(choice: str) -> str:
@@ -76,5 +79,9 @@ def _cli_check() -> Check:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Check("docker CLI", False, f"{cli} does not run: {exc}", "reinstall the docker CLI")
     version = result.stdout.strip() or "unknown"
-    return Check("docker CLI", result.returncode == 0, f"{cli} {version} ('docker stack deploy')",
-                 "check that the docker CLI runs: " + (result.stderr.strip()[:200] or cli))
+    if result.returncode != 0:
+        return Check("docker CLI", False, f"{cli} does not run", "check it: " + (result.stderr.strip()[:200] or cli))
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    return Check("docker CLI", numbers >= MIN_CLI, f"{cli} {version} ('docker stack deploy')",
+                 f"the stack file is compose format 3.8, which the docker CLI reads from "
+                 f"{MIN_CLI[0]}.{MIN_CLI[1]:02d} on: upgrade docker.io on this manager")

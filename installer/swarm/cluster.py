@@ -116,7 +116,7 @@ def _state(name: str, service: Optional[dict], tasks_by_service: dict[str, list[
     spec = service["Spec"]
     image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
     tasks = sorted(tasks_by_service.get(service["ID"], []), key=lambda t: t.get("CreatedAt", ""))
-    current = [t for t in tasks if t["Spec"]["ContainerSpec"]["Image"] == image]
+    current = [t for t in tasks if _same_spec(t["Spec"], spec["TaskTemplate"])]
     update = (service.get("UpdateStatus") or {}).get("State")
     has_health = bool(spec["TaskTemplate"]["ContainerSpec"].get("Healthcheck", {}).get("Test")) and \
         spec["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["Test"] != ["NONE"]
@@ -126,6 +126,13 @@ def _state(name: str, service: Optional[dict], tasks_by_service: dict[str, list[
     failed = [t for t in current if t["Status"]["State"] in ("failed", "rejected")
               and (since is None or _time(t.get("CreatedAt")) >= since)]
     last_error = _task_error(failed[-1]) if failed else ""
+    status_of_update = service.get("UpdateStatus") or {}
+    rolled_back_now = update == "rollback_completed" and since is not None and \
+        _time(status_of_update.get("CompletedAt")) >= since
+    if update in ("rollback_started", "rollback_paused") or rolled_back_now:
+        # Swarm went back to the previous spec by itself (the application's failure_action: rollback)
+        return ServiceState(name, None, "update rolled back by Swarm", None, None, False, oneshot, image,
+                            last_health_output=status_of_update.get("Message", "") or last_error)
     if oneshot:
         latest = current[-1] if current else None
         state = latest["Status"]["State"] if latest else "pending"
@@ -162,7 +169,13 @@ def broken(state: ServiceState) -> bool:
     """True for a service Swarm will not bring up by itself: a failed one-shot, a paused update, tasks failing again and again."""
     if state.oneshot:
         return state.state == "exited" and state.exit_code != 0
-    return state.state.startswith("update paused") or state.state.startswith("failing")
+    return state.state.startswith(("update paused", "failing", "update rolled back"))
+
+
+def _same_spec(task_spec: dict, template: dict) -> bool:
+    """True when a task was made from the service's current spec (the engine adds ``Runtime`` to each task's copy)."""
+    strip = lambda spec: {key: value for key, value in spec.items() if key != "Runtime"}  # noqa: E731
+    return strip(task_spec) == strip(template)
 
 
 def _task_error(task: dict) -> str:

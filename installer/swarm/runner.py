@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -118,8 +119,14 @@ class SwarmRunner:
 
     def bring_up(self, release: Path, header: BundleHeader, timeout: float, say: Say) -> list[ServiceState]:
         """Deploy the release's stack stage by stage and wait until every service is ready; InstallError if not."""
+        try:
+            return self._bring_up(release, header, timeout, say)
+        except docker.errors.APIError as exc:
+            raise InstallError(f"the Swarm refused: {exc.explanation or exc}", exit_code=3) from None
+
+    def _bring_up(self, release: Path, header: BundleHeader, timeout: float, say: Say) -> list[ServiceState]:
         stack = header.spec.project
-        plan = self.plan(release, header)
+        plan = self.plan(release, header, deploy_id=uuid.uuid4().hex[:12])
         for note in plan.notes:
             say(f"  swarm: {note}")
         self.ensure_data_node(header, plan, say)
@@ -130,6 +137,7 @@ class SwarmRunner:
         since = datetime.now(timezone.utc)
         for index, stage in enumerate(plan.stages):
             final = index == len(plan.stages) - 1
+            self.replace_changed_modes(stack, plan.up_to(index), say)
             self.deploy(release, stack, plan.up_to(index), prune=final)
             self.wait(stack, stage, plan.oneshot, deadline, since, say, timeout)
         states = stack_states(self.client, stack, header.spec.services, plan.oneshot)
@@ -137,7 +145,7 @@ class SwarmRunner:
             f"{sum(1 for s in states if s.oneshot)} one-shot(s) done")
         return states
 
-    def plan(self, release: Path, header: BundleHeader) -> StackPlan:
+    def plan(self, release: Path, header: BundleHeader, deploy_id: str = "") -> StackPlan:
         """The stack plan of a release folder, with the site's values and its pinned images."""
         values = read_env(self.env_file)
         write_env_files(release, header.spec.env_files, values)
@@ -157,9 +165,12 @@ class SwarmRunner:
             compose = yaml.safe_load((release / "docker-compose.yml").read_text())
             override = yaml.safe_load(override_path.read_text()) if override_path.is_file() else None
             return convert(compose, release=release, values=values, images=images, oneshot=set(header.spec.oneshot),
-                           layout=self.settings.layout(header.spec.project), override=override)
+                           layout=self.settings.layout(header.spec.project), override=override, deploy_id=deploy_id)
         except StackFileError as exc:
             raise InstallError(f"the stack cannot run on a Swarm: {exc}; nothing was started") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InstallError(f"the stack cannot run on a Swarm: its compose config has an entry this tool cannot "
+                               f"convert ({type(exc).__name__}: {exc}); nothing was started") from None
         except (OSError, yaml.YAMLError) as exc:
             raise InstallError(f"cannot read the compose config of {release}: {exc}") from None
 
@@ -181,6 +192,22 @@ class SwarmRunner:
                 [f"run the install on {holder.hostname}, or move the data and then the label: "
                  f"docker node update --label-rm {label} {holder.hostname}"])
 
+    def replace_changed_modes(self, stack: str, document: dict, say: Say) -> None:
+        """Remove a service whose mode (global / replicated) the new spec changes: Swarm cannot update that."""
+        for name, service in document["services"].items():
+            try:
+                existing = self.client.api.inspect_service(f"{stack}_{name}")
+            except docker.errors.NotFound:
+                continue
+            now_global = "Global" in (existing["Spec"].get("Mode") or {})
+            if now_global != (service["deploy"].get("mode") == "global"):
+                say(f"  swarm: {name} changes between one task on every node and replicas; Swarm cannot update "
+                    "that, so the service is removed and created again")
+                self.client.api.remove_service(existing["ID"])
+                deadline = time.monotonic() + 120
+                while self.client.api.tasks(filters={"service": existing["ID"]}) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+
     def deploy(self, release: Path, stack: str, document: dict, prune: bool) -> None:
         """``docker stack deploy`` of ``document`` (written to the release folder, 0600: it holds site values)."""
         path = release / STACK_FILE
@@ -189,10 +216,13 @@ class SwarmRunner:
             handle.write("# Written by airgap-install at every Swarm deploy from docker-compose.yml and the site's "
                          "values (0600).\n")
             yaml.safe_dump(document, handle, sort_keys=False, default_flow_style=False)
-        args = ["stack", "deploy", "--compose-file", str(path), "--with-registry-auth", "--resolve-image", "never"]
+        args = ["stack", "deploy", "--compose-file", str(path), "--resolve-image", "never"]
+        auth = self.registry_auth or stored_auth(document)
+        if auth is not None:  # without credentials, the ones the services hold are kept
+            args.append("--with-registry-auth")
         if prune:
             args.append("--prune")
-        run_docker([*args, stack], cwd=release, auth=self.registry_auth, timeout=300)
+        run_docker([*args, stack], cwd=release, auth=auth, timeout=300)
 
     def wait(self, stack: str, services: Sequence[str], oneshot: Sequence[str], deadline: float, since: datetime,
              say: Say, timeout: float) -> None:
@@ -228,7 +258,10 @@ class SwarmRunner:
 
     def states(self, header: BundleHeader) -> list[ServiceState]:
         """Every service's state now."""
-        return stack_states(self.client, header.spec.project, header.spec.services, header.spec.oneshot)
+        try:
+            return stack_states(self.client, header.spec.project, header.spec.services, header.spec.oneshot)
+        except docker.errors.APIError as exc:
+            raise InstallError(f"the Swarm did not answer: {exc.explanation or exc}") from None
 
     def restart(self, header: BundleHeader, services: Sequence[str], timeout: float, say: Say) -> None:
         """Replace the tasks of the named services (all long-running ones when none named), then wait."""
@@ -305,6 +338,18 @@ def _summary(state: ServiceState) -> str:
     if not state.oneshot and state.state not in ("running", "missing") and state.health:
         text = state.state
     return text + (f" on {state.container}" if state.container else "")
+
+
+def stored_auth(document: dict) -> Optional[tuple[str, str, str]]:
+    """(host, username, password) that 'docker login' stored for the registry of the stack's images, if any."""
+    from ..registry.client import docker_credentials
+
+    hosts = {str(service.get("image", "")).split("/", 1)[0] for service in document.get("services", {}).values()}
+    for host in sorted(hosts):
+        credentials = docker_credentials(host) if "." in host or ":" in host else None
+        if credentials is not None:
+            return host, credentials.username, credentials.password
+    return None
 
 
 def registry_pins(images: "RegistryImages") -> Callable[[BundleHeader], dict[str, str]]:

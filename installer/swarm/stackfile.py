@@ -23,6 +23,7 @@ host-path override), read as compose reads it; the output is what Swarm needs:
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +89,13 @@ class StackPlan:
 
 
 def convert(compose: Mapping[str, Any], *, release: Path, values: Mapping[str, str], images: Mapping[str, str],
-            oneshot: set[str], layout: SwarmLayout, override: Optional[Mapping[str, Any]] = None) -> StackPlan:
-    """Convert the release's compose config (and the site override) into a Swarm stack plan."""
+            oneshot: set[str], layout: SwarmLayout, override: Optional[Mapping[str, Any]] = None,
+            deploy_id: str = "") -> StackPlan:
+    """Convert the release's compose config (and the site override) into a Swarm stack plan.
+
+    ``deploy_id`` (one per bring-up) labels the one-shot jobs' containers, so every deploy runs
+    them once again, as every ``compose up`` does.
+    """
     try:
         resolved = _interpolate(dict(compose), values)
         site = _interpolate(dict(override or {}), values)
@@ -102,6 +108,10 @@ def convert(compose: Mapping[str, Any], *, release: Path, values: Mapping[str, s
     if unknown:
         raise StackFileError(f"--swarm-every-node {unknown[0]}: no such service (services: {', '.join(services)})")
     notes: list[str] = []
+    profiled = [name for name, spec in services.items() if (spec or {}).get("profiles")]
+    if profiled:
+        notes.append(f"{', '.join(profiled)} left out: in a compose profile (compose starts them only when asked)")
+        services = {name: spec for name, spec in services.items() if name not in profiled}
     dropped: dict[str, list[str]] = {}
     converted: dict[str, Any] = {}
     pinned, global_services = [], []
@@ -111,6 +121,8 @@ def convert(compose: Mapping[str, Any], *, release: Path, values: Mapping[str, s
             spec["volumes"] = _merge_volume(spec.get("volumes") or [], volume)
         service, placement = _service(name, spec, release=release, images=images, oneshot=name in oneshot,
                                       layout=layout, notes=notes)
+        if name in oneshot and deploy_id:
+            service["labels"] = {**_as_mapping(service.get("labels")), "airgap.deploy": deploy_id}
         for key in sorted(key for key in spec if key not in CARRIED and key not in CONVERTED and not key.startswith("x-")):
             dropped.setdefault(key, []).append(name)
         converted[name] = service
@@ -127,7 +139,7 @@ def convert(compose: Mapping[str, Any], *, release: Path, values: Mapping[str, s
         document["networks"] = networks
     for section in ("secrets", "configs"):
         if resolved.get(section):
-            document[section] = {key: _absolute_file(entry, release) for key, entry in resolved[section].items()}
+            document[section] = {key: _versioned_file(key, entry, release) for key, entry in resolved[section].items()}
     stages = deploy_stages({name: _dependencies(spec) for name, spec in services.items()})
     return StackPlan(document=_escape(document), stages=stages, oneshot=[n for n in services if n in oneshot],
                      pinned=pinned, global_services=global_services, notes=notes)
@@ -156,10 +168,17 @@ def deploy_stages(dependencies: Mapping[str, list[str]]) -> list[list[str]]:
 def parse_port(entry: Any, mode: str) -> list[dict[str, Any]]:
     """A compose port (short or long syntax) as Swarm's long syntax with ``mode``; a range becomes one per port."""
     if isinstance(entry, dict):
-        port = {key: entry[key] for key in ("target", "published", "protocol") if key in entry}
-        port["target"] = int(port["target"])
-        if "published" in port and port["published"] not in (None, ""):
-            port["published"] = int(port["published"])
+        if "target" not in entry or not str(entry["target"]).isdigit():
+            raise StackFileError(f"the published port {entry!r} has no container port (target)")
+        published = str(entry.get("published") or "")
+        if published and not _PORT_PART.match(published):
+            raise StackFileError(f"cannot read the published port {entry!r}")
+        hosts = _port_range(published) if published else [None]
+        if len(hosts) != 1:
+            raise StackFileError(f"the published port {entry!r}: a range for one container port")
+        port = {"target": int(entry["target"]), **({"published": hosts[0]} if published else {})}
+        if entry.get("protocol"):
+            port["protocol"] = entry["protocol"]
         port["mode"] = mode
         return [port]
     text, _, protocol = str(entry).strip().partition("/")
@@ -195,7 +214,18 @@ def _service(name: str, spec: dict[str, Any], *, release: Path, images: Mapping[
         service["volumes"] = [_absolute_volume(entry, release) for entry in service["volumes"]]
     if "env_file" in service:
         files = service["env_file"] if isinstance(service["env_file"], list) else [service["env_file"]]
-        service["env_file"] = [str(release / str(path)) if not str(path).startswith("/") else str(path) for path in files]
+        service["env_file"] = [_inside_release(str(entry.get("path", "")) if isinstance(entry, dict) else str(entry),
+                                               release, f"service {name}: env_file") for entry in files]
+    healthcheck = service.get("healthcheck")
+    if isinstance(healthcheck, dict) and "start_interval" in healthcheck:
+        service["healthcheck"] = {k: v for k, v in healthcheck.items() if k != "start_interval"}
+    aliases = [str(spec[key]) for key in ("container_name",) if spec.get(key)]
+    if aliases:  # compose resolves a container_name on its networks; Swarm only service names
+        service["networks"] = _with_aliases(service.get("networks"), aliases)
+    if isinstance(service.get("networks"), dict):
+        service["networks"] = {net: ({k: v for k, v in (opts or {}).items() if k in ("aliases", "ipv4_address",
+                                                                                      "ipv6_address")} or None)
+                               for net, opts in service["networks"].items()}
     deploy = dict(service.get("deploy") or {})
     app_chose_mode = "mode" in deploy or "replicas" in deploy
     mounts = bool(service.get("volumes"))
@@ -203,7 +233,7 @@ def _service(name: str, spec: dict[str, Any], *, release: Path, images: Mapping[
         placement = "pinned" if mounts else "any"
         deploy.update(mode="replicated", replicas=1, restart_policy={"condition": "none"})
     else:
-        deploy.setdefault("restart_policy", {"condition": RESTART.get(str(spec.get("restart", "no")), "any")})
+        deploy.setdefault("restart_policy", restart_policy(spec.get("restart")))
         deploy.setdefault("update_config", dict(UPDATE_CONFIG))
         if app_chose_mode:
             placement = "pinned" if mounts else "app"
@@ -229,6 +259,10 @@ def _service(name: str, spec: dict[str, Any], *, release: Path, images: Mapping[
     if ports:
         mode = "host" if layout.endpoint_mode == "dnsrr" else "ingress"
         service["ports"] = [port for entry in ports for port in parse_port(entry, mode)]
+        bound = [str(entry) for entry in ports if _host_ip(entry)]
+        if bound:
+            notes.append(f"{name}: {', '.join(bound)}: Swarm cannot bind a port to one address; published on "
+                         "every address of the nodes that run it")
         if layout.endpoint_mode == "dnsrr":
             for port in service["ports"]:
                 if "published" not in port:
@@ -240,16 +274,31 @@ def _service(name: str, spec: dict[str, Any], *, release: Path, images: Mapping[
 
 
 def _resources(spec: Mapping[str, Any], deploy: dict[str, Any]) -> None:
+    """mem_limit/cpus/mem_reservation into deploy.resources; values as the 3.8 schema's strings; GPUs left out."""
     limits = {key: spec[source] for key, source in (("memory", "mem_limit"), ("cpus", "cpus")) if source in spec}
     reservations = {"memory": spec["mem_reservation"]} if "mem_reservation" in spec else {}
-    if limits or reservations:
-        resources = dict(deploy.get("resources") or {})
-        if limits:
-            resources["limits"] = {**limits, **(resources.get("limits") or {})}
-            resources["limits"] = {k: str(v) for k, v in resources["limits"].items()}
-        if reservations:
-            resources["reservations"] = {**reservations, **(resources.get("reservations") or {})}
+    resources = dict(deploy.get("resources") or {})
+    merged = {"limits": {**limits, **(resources.get("limits") or {})},
+              "reservations": {**reservations, **(resources.get("reservations") or {})}}
+    for kind, values in merged.items():
+        kept = {key: str(value) for key, value in values.items() if key in ("cpus", "memory")}
+        if kind == "reservations" and "generic_resources" in values:
+            kept["generic_resources"] = values["generic_resources"]
+        if kept:
+            resources[kind] = kept
+        else:
+            resources.pop(kind, None)
+    if resources:
         deploy["resources"] = resources
+
+
+def restart_policy(restart: Any) -> dict[str, Any]:
+    """compose's ``restart`` as a Swarm restart policy; none given means ``any`` (Swarm's point is healing)."""
+    text = str(restart or "always")
+    if text.startswith("on-failure"):
+        _, _, attempts = text.partition(":")
+        return {"condition": "on-failure", **({"max_attempts": int(attempts)} if attempts.isdigit() else {})}
+    return {"condition": RESTART.get(text, "any")}
 
 
 def _dependencies(spec: Mapping[str, Any]) -> list[str]:
@@ -261,6 +310,12 @@ def _networks(networks: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     result = {}
     for name, spec in networks.items():
         spec = dict(spec or {})
+        ipam = spec.get("ipam")
+        if isinstance(ipam, dict) and ipam.get("config"):
+            subnets = [{"subnet": entry["subnet"]} for entry in ipam["config"] if isinstance(entry, dict) and "subnet" in entry]
+            if any(set(entry) - {"subnet"} for entry in ipam["config"] if isinstance(entry, dict)):
+                notes.append(f"network {name}: only the subnets of its IP address plan are kept (Swarm assigns the rest)")
+            spec["ipam"] = {**ipam, "config": subnets}
         if not spec.get("external") and spec.get("driver", "bridge") == "bridge":
             if spec.pop("driver_opts", None):
                 notes.append(f"network {name}: bridge driver options dropped (it is an overlay network here)")
@@ -307,10 +362,50 @@ def _merge_volume(volumes: list[Any], replacement: Any) -> list[Any]:
     return [entry for entry in volumes if _target(entry) != target] + [replacement]
 
 
-def _absolute_file(entry: Any, release: Path) -> Any:
-    if isinstance(entry, dict) and isinstance(entry.get("file"), str) and not entry["file"].startswith("/"):
-        return {**entry, "file": str(release / entry["file"])}
-    return entry
+def _inside_release(path: str, release: Path, what: str) -> str:
+    """A file the stack file names, absolute, and refused when it would lie outside the release folder."""
+    absolute = (release / path) if not path.startswith("/") else Path(path)
+    normal = Path(*[part for part in absolute.parts if part not in ("", ".")])
+    if ".." in normal.parts or not str(normal).startswith(str(release)):
+        raise StackFileError(f"{what} {path!r} is outside the release folder")
+    return str(normal)
+
+
+def _versioned_file(key: str, entry: Any, release: Path) -> Any:
+    """A file secret/config named after a hash of its content: Swarm never changes one in place."""
+    if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)):
+        return entry
+    path = _inside_release(entry["file"], release, f"{key}: file")
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    except OSError:
+        return {**entry, "file": path}
+    return {**entry, "file": path, "name": f"{entry.get('name') or key}-{digest}"}
+
+
+def _host_ip(entry: Any) -> bool:
+    if isinstance(entry, dict):
+        return bool(entry.get("host_ip"))
+    return len(str(entry).split("/")[0].rsplit(":", 2)) == 3
+
+
+def _as_mapping(labels: Any) -> dict[str, str]:
+    if isinstance(labels, dict):
+        return {str(k): str(v) for k, v in labels.items()}
+    return dict(str(item).split("=", 1) if "=" in str(item) else (str(item), "") for item in labels or [])
+
+
+def _with_aliases(networks: Any, aliases: list[str]) -> dict[str, Any]:
+    """The service's networks (list or mapping form; none: the default network), each with ``aliases`` added."""
+    if not networks:
+        networks = ["default"]
+    mapping = {name: None for name in networks} if isinstance(networks, list) else dict(networks)
+    result = {}
+    for name, options in mapping.items():
+        options = dict(options or {})
+        options["aliases"] = list(dict.fromkeys([*(options.get("aliases") or []), *aliases]))
+        result[name] = options
+    return result
 
 
 def _port_range(text: str) -> list[int]:
