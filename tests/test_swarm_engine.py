@@ -261,3 +261,21 @@ def test_logs_restart_rollback_and_down(swarm_rig, releases, clients) -> None:
     assert not manager.api.services(filters={"label": f"com.docker.stack.namespace={STACK}"})
     assert clients["node1"].volumes.get("ai-infra-postgres-data")  # data kept
     assert day2(swarm_rig, "status", check=False).returncode == 1
+
+
+def test_a_one_host_site_moves_to_the_swarm_keeping_its_data(swarm_rig, releases, clients, tmp_path) -> None:
+    prefix = tmp_path / "aimatrix"
+    common = [str(releases["v0.3.5"]), "--pubkey", str(releases["pubkey"]), "--prefix", str(prefix),
+              "--from-registry", "--timeout", "300"]
+    airgap_install(swarm_rig, "install", *common)  # compose on node1, images from the registry
+    node1 = clients["node1"]
+    (postgres,) = node1.containers.list(filters={"label": "com.docker.compose.service=postgres"})
+    assert postgres.exec_run(["sh", "-c", "echo kept > /var/lib/postgresql/data/marker"]).exit_code == 0
+    refused = airgap_install(swarm_rig, "install", *common, "--swarm", check=False)
+    assert refused.returncode != 0 and "stop it first with 'airgap-install down'" in refused.stderr, refused.stderr
+    on_node1(swarm_rig, sys.executable, "-m", "installer.cli", "down", "--prefix", str(prefix))
+    airgap_install(swarm_rig, "install", *common, "--swarm")
+    (task,) = running_tasks(node1)["postgres"]["node1"]
+    container = node1.containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
+    assert container.exec_run(["cat", "/var/lib/postgresql/data/marker"]).output.decode().strip() == "kept"
+    on_node1(swarm_rig, sys.executable, "-m", "installer.cli", "down", "--prefix", str(prefix))
