@@ -46,6 +46,12 @@ def main() -> None:
       airgap-install export-release aimatrix-v0.3.5.tar.zst --pubkey release.pub
       airgap-install install aimatrix-v0.3.5.release.tar.zst --pubkey release.pub --from-registry -u ... --password-stdin
 
+    \b
+    A Docker Swarm (run on a manager; every node pulls from the site registry):
+      airgap-install install aimatrix-v0.3.5.release.tar.zst --pubkey release.pub --from-registry --swarm \\
+          --swarm-every-node nginx -u ... --password-stdin
+      airgap-install status | logs SERVICE | restart | upgrade ... | rollback | down    (they follow the Swarm)
+
     The engine is the one DOCKER_HOST names (default: the local socket). Images
     come from the archive, or with --from-registry from the site registry (pulled
     by digest, checked against the signed image IDs); compose never pulls.
@@ -142,6 +148,7 @@ def install_command(archive: Path, pubkeys, prefix: Optional[Path], sets, timeou
       4. tag every name the stack uses (aliases, runtime names) from the loaded image IDs
       5. write PREFIX/releases/<version>, PREFIX/current and PREFIX/site.env (0600, secrets generated here)
       6. compose up without pulling; wait for health checks and one-shot services; print the endpoints
+         (--swarm: docker stack deploy stage by stage from this manager, waiting for every node's tasks)
     Installing the same archive again changes nothing; another archive of a version already installed is
     refused without --replace-same-version. Installing a newer release is an upgrade (see 'upgrade');
     an older one is refused without --allow-downgrade (versions compared by SemVer precedence).
