@@ -24,7 +24,7 @@ from .cli_common import friendly_errors, keys_to_trust, pubkey_option, say
 from .cli_registry import export_release_command, push_command
 from .registry.options import registry_access, registry_options
 from .cli_swarm import swarm_options, swarm_settings_from
-from .swarm.runner import SwarmRunner, SwarmSettings, logs_argv, read_settings
+from .swarm.runner import SwarmRunner, SwarmSettings, logs_argv, read_settings, remove_volumes, stack_volumes
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="airgap-compose", prog_name="airgap-install")
@@ -330,7 +330,7 @@ def down_command(prefix: Optional[Path], remove_data_volumes: bool, compose_pref
         if project is None:
             _swarm_runner(prefix).down(header)
             if remove_data_volumes:
-                removed = remove_volumes(engine_ops.connect(), stack_volumes(prefix, header.spec.project))
+                removed = remove_volumes(engine_ops.connect(), stack_volumes(active_release(prefix), header.spec.project))
                 say(f"deleted {len(removed)} volume(s) on this node: {', '.join(removed) or 'none'} (volumes on "
                     "other nodes, of services run on every node, are theirs to remove)")
         else:
@@ -386,36 +386,6 @@ def _shown(state, swarm: bool) -> str:
     if not swarm or state.oneshot:
         return state.summary()
     return state.health if state.ready and state.health else state.state
-
-
-def stack_volumes(prefix: Path, stack: str) -> list[str]:
-    """The engine names of the named volumes the active release declares, as a Swarm stack names them."""
-    import yaml
-
-    release = active_release(prefix)
-    try:
-        compose = yaml.safe_load((release / "docker-compose.yml").read_text()) if release else {}
-    except (OSError, yaml.YAMLError):
-        return []
-    volumes = (compose or {}).get("volumes") or {}
-    return [str((spec or {}).get("name") or f"{stack}_{name}") for name, spec in volumes.items()
-            if not (spec or {}).get("external")]
-
-
-def remove_volumes(client, names: list[str]) -> list[str]:
-    """Remove the named volumes this engine has; the names removed."""
-    import docker
-
-    removed = []
-    for name in names:
-        try:
-            client.volumes.get(name).remove()
-            removed.append(name)
-        except docker.errors.NotFound:
-            continue
-        except docker.errors.APIError as exc:
-            raise InstallError(f"cannot delete volume {name}: {exc.explanation or exc}") from None
-    return removed
 
 
 main.add_command(push_command)

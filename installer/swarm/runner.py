@@ -340,6 +340,31 @@ def _summary(state: ServiceState) -> str:
     return text + (f" on {state.container}" if state.container else "")
 
 
+def stack_volumes(release: Optional[Path], stack: str) -> list[str]:
+    """The engine names of the named volumes a release declares, as a Swarm stack names them."""
+    try:
+        compose = yaml.safe_load((release / "docker-compose.yml").read_text()) if release else {}
+    except (OSError, yaml.YAMLError):
+        return []
+    volumes = (compose or {}).get("volumes") or {}
+    return [str((spec or {}).get("name") or f"{stack}_{name}") for name, spec in volumes.items()
+            if not (spec or {}).get("external")]
+
+
+def remove_volumes(client: docker.DockerClient, names: list[str]) -> list[str]:
+    """Remove the named volumes this engine has; the names removed."""
+    removed = []
+    for name in names:
+        try:
+            client.volumes.get(name).remove()
+            removed.append(name)
+        except docker.errors.NotFound:
+            continue
+        except docker.errors.APIError as exc:
+            raise InstallError(f"cannot delete volume {name}: {exc.explanation or exc}") from None
+    return removed
+
+
 def stored_auth(document: dict) -> Optional[tuple[str, str, str]]:
     """(host, username, password) that 'docker login' stored for the registry of the stack's images, if any."""
     from ..registry.client import docker_credentials
