@@ -366,7 +366,7 @@ def _inside_release(path: str, release: Path, what: str) -> str:
     """A file the stack file names, absolute, and refused when it would lie outside the release folder."""
     absolute = (release / path) if not path.startswith("/") else Path(path)
     normal = Path(*[part for part in absolute.parts if part not in ("", ".")])
-    if ".." in normal.parts or not str(normal).startswith(str(release)):
+    if ".." in normal.parts or Path(release) not in normal.parents:
         raise StackFileError(f"{what} {path!r} is outside the release folder")
     return str(normal)
 
