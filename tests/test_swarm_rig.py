@@ -294,11 +294,21 @@ def test_tasks_reach_each_other_by_name_over_the_overlay(stack: Deployed,
                                                          clients: Clients) -> None:
     (task,) = running_tasks(clients["node1"])["node1"]
     container = clients["node1"].containers.get(container_id(task))
-    # dnsrr: the name is both tasks' overlay addresses (no virtual IP); ask each of them
-    code, out = container.exec_run(["nslookup", "tasks.web"])
-    assert code == 0, out
-    addresses = re.findall(r"Name:\s+tasks\.web\s+Address:\s+(\S+)", out.decode())
-    assert len(addresses) == 2, out.decode()
+    # dnsrr: the name is both tasks' overlay addresses (no virtual IP); ask each of them. The other
+    # node's task reaches this node's DNS through the Swarm's gossip, which may take a few seconds.
+    answer: dict[str, object] = {}
+
+    def both_named() -> bool:
+        code, out = container.exec_run(["nslookup", "tasks.web"])
+        answer.update(code=code, out=out.decode(errors="replace"))
+        answer["addresses"] = re.findall(r"Name:\s+tasks\.web\s+Address:\s+(\S+)", answer["out"])
+        return code == 0 and len(answer["addresses"]) == 2
+
+    try:
+        wait_until(both_named, 60, "both tasks' addresses under tasks.web")
+    except Exception:
+        pytest.fail(f"tasks.web does not name both tasks after 60 s: {answer}")
+    addresses = answer["addresses"]
     answers = set()
     for address in addresses:
         code, out = container.exec_run(["wget", "-q", "-O", "-", f"http://{address}:8080/"])

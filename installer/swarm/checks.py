@@ -33,7 +33,7 @@ def swarm_checks(header: BundleHeader, client: Optional[docker.DockerClient], se
         here = manager_node_id(client)
     except SwarmError as exc:
         return [Check("swarm", False, str(exc), exc.fix)]
-    members = nodes(client)
+    members = sorted(nodes(client), key=lambda node: node.hostname)
     ready = [node for node in members if node.ready]
     checks.append(Check("swarm", True, f"this engine is a manager of a Swarm of {len(members)} node(s)"))
     checks.append(Check("swarm nodes", bool(ready),
