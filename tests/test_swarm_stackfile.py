@@ -67,6 +67,7 @@ def test_one_shots_run_once_and_dependencies_become_stages(derived) -> None:
     assert set(plan.oneshot) == {"backend-init", "singleuser-builder"}
     init = plan.document["services"]["backend-init"]["deploy"]
     assert init["restart_policy"] == {"condition": "none"} and init["replicas"] == 1
+    assert set(plan.oneshot) <= set(plan.pinned)  # the data node has every image: a re-run pulls nothing
     stage = {name: index for index, names in enumerate(plan.stages) for name in names}
     compose, _ = derived
     for name, spec in compose["services"].items():

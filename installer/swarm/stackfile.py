@@ -12,7 +12,7 @@ host-path override), read as compose reads it; the output is what Swarm needs:
 - keys Swarm ignores or rejects dropped, each said (``container_name``,
   ``depends_on``, ``restart``, ``pull_policy``, ``profiles``, ``privileged``...); the
   ``depends_on`` graph becomes deploy stages instead, and ``restart`` a restart policy;
-- one-shot jobs (``restart: "no"``): one replica, never restarted;
+- one-shot jobs (``restart: "no"``): one replica on the data node, never restarted, run again at each deploy;
 - a service that mounts anything (a named volume or a host path) is stateful: one
   replica, pinned to the data node (a node label), so its volumes stay put; every
   other service runs one task on every node (``mode: global``), unless the
@@ -229,8 +229,8 @@ def _service(name: str, spec: dict[str, Any], *, release: Path, images: Mapping[
     deploy = dict(service.get("deploy") or {})
     app_chose_mode = "mode" in deploy or "replicas" in deploy
     mounts = bool(service.get("volumes"))
-    if oneshot:
-        placement = "pinned" if mounts else "any"
+    if oneshot:  # on the data node, which has every image already: a re-run never pulls
+        placement = "pinned"
         deploy.update(mode="replicated", replicas=1, restart_policy={"condition": "none"})
     else:
         deploy.setdefault("restart_policy", restart_policy(spec.get("restart")))
