@@ -122,7 +122,8 @@ def build_release(harness: Harness, rig, work: Path, say: Callable[[str], None])
     build_env = dict(os.environ, DOCKER_HOST=harness.build_docker_host)
     built = subprocess.run([PY, "-m", "bundler.cli", "build", str(ROOT / "manifests/aimatrix.yaml"), "--registry",
                             REGISTRY, "--tag", "v0.3.5", "--source", str(SOURCE_DIR), "--key",
-                            str(work / "release.key"), "-o", str(work / "out"), "--no-kit"],
+                            str(work / "release.key"), "-o", str(work / "out"), "--lock", str(work / "lock.json"),
+                            "--no-kit"],
                            env=build_env, capture_output=True, text=True, cwd=ROOT)
     if built.returncode != 0:
         raise RuntimeError(built.stderr[-3000:])
