@@ -134,6 +134,7 @@ def preflight(options: InstallOptions, say: Say, bundle: VerifiedBundle,
                            compose_needed=swarm is None)
     if swarm is not None:
         report.checks.extend(swarm_checks(header, client, swarm))
+    report.swarm = swarm
     if options.from_registry is not None and client is not None:
         report.registry = RegistryImages(client, options.from_registry.connect(header))
         found = report.registry.survey(header)
@@ -171,7 +172,7 @@ def install(options: InstallOptions, say: Say) -> InstallResult:
             say(f"preflight: {options.archive}")
             prefix, report, _ = preflight(options, say, bundle, prefix)
             client = engine_ops.connect()
-            swarm = swarm_settings(options, prefix, header, client)
+            swarm = report.swarm
             assert report.load_plan is not None and (report.compose is not None or swarm is not None)
             clock.lap("preflight")
             verify_members(bundle, say, release_only=report.registry is not None)

@@ -49,6 +49,7 @@ class PreflightReport:
     load_plan: Optional[LoadPlan] = None
     compose: Optional[ComposeCli] = None
     registry: Optional[Any] = None  # the RegistryImages destination, when images come from the site registry
+    swarm: Optional[Any] = None  # the SwarmSettings in force, when the stack runs on a Swarm
 
     def add(self, name: str, ok: bool, detail: str, fix: str = "") -> None:
         """Record one more check."""
